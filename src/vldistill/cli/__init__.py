@@ -1,0 +1,51 @@
+"""The ``vldistill`` command: a thin layer over the library.
+
+Every user-facing error (``VldistillError``) is printed as one line on stderr with exit status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vldistill.errors import VldistillError
+
+app = typer.Typer(
+    name="vldistill",
+    help="Knowledge distillation for vision-language models: CLIP-TD, MAD, DiDE.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    from vldistill.cli import data, score
+
+    app.add_typer(data.app, name="data")
+    app.add_typer(score.app, name="score")
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except VldistillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except SystemExit:
+        raise
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except Exception as err:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(2)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        raise
