@@ -21,10 +21,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from vldistill.cli import data, score
+    from vldistill.cli import data, score, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(score.app, name="score")
+    app.command("train")(train.train_command)
+    app.command("plan")(train.plan_command)
 
 
 _register()

@@ -1,0 +1,182 @@
+"""The teacher cache: frozen teachers' targets computed once, stored as safetensors shards.
+
+Layout of one cache (``<cache dir>/teachers/<key>/``): shards ``shard-<generation>-r<rank>-<i>.safetensors``
+(one row per example; tensor ``<teacher>/<field>`` for each target, the example uids in the file's
+metadata) and ``meta.json`` (the key's parts and the shard list), written last and atomically.
+
+- **Key.** sha256 of every teacher's fingerprint (architecture, weights, processor), the method's
+  target settings, the storage dtype, and the training split's annotation files. Anything that
+  changes a target changes the key, so a stale cache is never used: it is simply another key.
+- **Incremental.** A cache covers the examples it was built for; a run that needs more (another
+  low-shot subset of the same split) computes only the missing rows, in new shards.
+- **Memory-mapped.** Shards are read with ``numpy.memmap`` at the offsets of the safetensors header,
+  so looking up a batch touches only its rows; a cache larger than RAM works.
+- **Distributed.** Under accelerate each rank computes every ``world``-th batch of the missing rows
+  into its own shards; the main process then lists all shards in ``meta.json``; every rank reads all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from vldistill.data.examples import TaskExample
+from vldistill.data.loader import ImageStore
+from vldistill.errors import DataError
+
+META = "meta.json"
+_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BOOL": np.bool_, "I32": np.int32}
+
+
+def cache_key(teacher_fingerprints: dict[str, str], settings: dict[str, Any], data_fingerprint: str,
+              fp16: bool) -> str:
+    payload = {"teachers": teacher_fingerprints, "settings": settings, "data": data_fingerprint, "fp16": fp16}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class _Shard:
+    """One safetensors file opened as memory maps, one per tensor (zero-copy row gathers)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with path.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length))
+        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(path, None, f"unreadable cache shard ({err})",
+                            "delete the cache folder (or run `vldistill cache build`) to rebuild it") from err
+        meta = header.pop("__metadata__", {})
+        self.uids: list[str] = json.loads(meta.get("uids", "[]"))
+        base = 8 + length
+        self.arrays: dict[str, np.ndarray] = {}
+        size = path.stat().st_size
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            dtype = _DTYPES.get(info["dtype"])
+            if dtype is None or base + end > size:
+                raise DataError(path, name, "truncated or unsupported tensor in cache shard",
+                                "delete the cache folder to rebuild it")
+            shape = tuple(info["shape"])
+            self.arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
+
+
+class TeacherCache:
+    """Targets of a method's teachers for a set of examples, looked up by example uid."""
+
+    def __init__(self, folder: Path, fp16: bool) -> None:
+        self.folder = folder
+        self.fp16 = fp16
+        self.shards: list[_Shard] = []
+        self.rows: dict[str, tuple[int, int]] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        self.shards, self.rows = [], {}
+        meta_path = self.folder / META
+        if not meta_path.is_file():
+            return
+        try:
+            meta = json.loads(meta_path.read_text())
+            names = meta["shards"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(meta_path, None, f"unreadable cache index ({err})", "delete the cache folder") from err
+        for i, name in enumerate(names):
+            shard = _Shard(self.folder / name)
+            self.shards.append(shard)
+            for row, uid in enumerate(shard.uids):
+                self.rows[uid] = (i, row)
+
+    def missing(self, examples: Sequence[TaskExample]) -> list[TaskExample]:
+        return [ex for ex in examples if ex.uid not in self.rows]
+
+    def lookup(self, examples: Sequence[TaskExample], device: torch.device | str = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+        """Targets of ``examples`` (teacher -> field -> ``(B, ...)``), as the live teacher returns them."""
+        try:
+            where = [self.rows[ex.uid] for ex in examples]
+        except KeyError as err:
+            raise DataError(self.folder, f"uid {err.args[0]}", "example missing from the teacher cache",
+                            "run `vldistill cache build` with this config") from None
+        names = list(self.shards[where[0][0]].arrays)
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for name in names:
+            rows = np.stack([self.shards[s].arrays[name][r] for s, r in where])
+            t = torch.from_numpy(rows)
+            if t.dtype == torch.float16:
+                t = t.float()
+            teacher, field = name.split("/", 1)
+            out.setdefault(teacher, {})[field] = t.to(device)
+        return out
+
+    def write_shard(self, name: str, examples: Sequence[TaskExample], targets: dict[str, dict[str, torch.Tensor]]) -> None:
+        tensors = {}
+        for teacher, fields in targets.items():
+            for field, value in fields.items():
+                value = value.detach().cpu()
+                if self.fp16 and value.is_floating_point():
+                    value = value.half()
+                tensors[f"{teacher}/{field}"] = value.contiguous()
+        tmp = self.folder / f".{name}.tmp"
+        save_file(tensors, str(tmp), metadata={"uids": json.dumps([ex.uid for ex in examples])})
+        os.replace(tmp, self.folder / name)
+
+    def publish(self, key_parts: dict[str, Any]) -> None:
+        """List every shard in ``meta.json`` (atomically), then reload."""
+        names = sorted(p.name for p in self.folder.glob("shard-*.safetensors"))
+        tmp = self.folder / f".{META}.tmp"
+        tmp.write_text(json.dumps({"key": key_parts, "shards": names}, indent=1))
+        os.replace(tmp, self.folder / META)
+        self.reload()
+
+
+def ensure_cache(
+    folder: Path, method: Any, examples: Sequence[TaskExample], *, fp16: bool, key_parts: dict[str, Any],
+    batch_size: int = 32, rank: int = 0, world: int = 1, barrier: Any = None, store: ImageStore | None = None,
+) -> TeacherCache:
+    """Open the cache in ``folder`` and compute the rows ``examples`` still miss (split over ranks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = TeacherCache(folder, fp16)
+    todo = cache.missing(examples)
+    if todo:
+        store = store or ImageStore()
+        generation = hashlib.sha256(json.dumps(sorted(ex.uid for ex in todo)).encode()).hexdigest()[:8]
+        for i, start in enumerate(range(0, len(todo), batch_size)):
+            if i % world != rank:
+                continue
+            chunk = todo[start:start + batch_size]
+            targets = method.targets_for(chunk, [[store(p) for p in ex.images] for ex in chunk])
+            cache.write_shard(f"shard-{generation}-r{rank}-{i:06d}.safetensors", chunk, targets)
+        if barrier is not None:
+            barrier()
+        if rank == 0:
+            cache.publish(key_parts)
+        if barrier is not None:
+            barrier()
+        cache.reload()
+    return cache
+
+
+def open_teacher_cache(cfg: Any, data: Any, method: Any, *, rank: int = 0, world: int = 1, barrier: Any = None,
+                       store: ImageStore | None = None) -> TeacherCache:
+    """The cache of ``cfg``'s teachers over ``data.train``, built or extended as needed."""
+    from vldistill.config import cache_dir
+
+    parts = {
+        "teachers": {name: t.fingerprint() for name, t in sorted(method.teachers.items())},
+        "settings": method.cache_settings(),
+        "data": data.fingerprint,
+        "fp16": cfg.cache.fp16,
+    }
+    key = cache_key(parts["teachers"], parts["settings"], parts["data"], cfg.cache.fp16)
+    root = Path(cfg.cache.dir) if cfg.cache.dir else cache_dir() / "teachers"
+    return ensure_cache(root / key, method, data.train, fp16=cfg.cache.fp16, key_parts=parts,
+                        batch_size=cfg.train.eval_batch_size, rank=rank, world=world, barrier=barrier, store=store)

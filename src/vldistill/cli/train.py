@@ -1,0 +1,56 @@
+"""``vldistill train`` and ``vldistill plan``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from vldistill.config import ExperimentConfig, load_config, preset_path
+from vldistill.errors import ConfigError
+
+console = Console()
+
+ConfigArg = Annotated[Path | None, typer.Argument(help="experiment YAML (or use --preset)")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", help="a preset shipped in configs/, e.g. smoke")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set train.epochs=1")]
+
+
+def resolve_config(config: Path | None, preset: str | None, overrides: list[str] | None) -> ExperimentConfig:
+    if (config is None) == (preset is None):
+        raise ConfigError("give a config file or --preset NAME (exactly one); fix: e.g. --preset smoke")
+    return load_config(config if config is not None else preset_path(preset or ""), overrides)
+
+
+def train_command(
+    config: ConfigArg = None,
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/train"),
+    preset: PresetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from the last whole checkpoint in --out")] = False,
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Fine-tune a student with a distillation method, evaluate, checkpoint."""
+    from vldistill.train import train
+
+    cfg = resolve_config(config, preset, set_)
+    summary = train(cfg, out, resume=resume, show_progress=progress)
+    if summary:
+        metric = summary["primary_metric"]
+        for split, values in summary["eval"].items():
+            console.print(f"{split}: {metric} = {values[metric]}")
+        console.print(f"final student: {out / 'final'}")
+
+
+def plan_command(
+    config: ConfigArg = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Dry run: build everything, run one batch, print which teacher output feeds which student output."""
+    from vldistill.plan import make_plan, render_plan
+
+    cfg = resolve_config(config, preset, set_)
+    render_plan(make_plan(cfg), console)

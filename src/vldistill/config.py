@@ -1,0 +1,161 @@
+"""Experiment configs: one YAML file is one experiment, validated by pydantic.
+
+An unknown key or a wrong type is a :class:`~vldistill.errors.ConfigError` that names the file, the
+key and the fix. YAML is read with ``safe_load`` and configs only *name* registered components
+(methods, teacher kinds, tasks): a config can never import or call arbitrary code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vldistill.distill.config import MethodConfig
+from vldistill.errors import ConfigError
+from vldistill.models.students import StudentConfig
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_SPLITS = {
+    "vqa": ("train2014", "val2014"),
+    "snli_ve": ("train", "dev"),
+    "vcr": ("train", "val"),
+    "nlvr2": ("train", "dev"),
+}
+
+
+def cache_dir() -> Path:
+    """Where generated data, demo teachers and teacher caches live (``$VLDISTILL_CACHE``)."""
+    return Path(os.environ.get("VLDISTILL_CACHE", Path.home() / ".cache" / "vldistill"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Which data to train and evaluate on.
+
+    ``root: world`` uses the generated world (rendered in ``style``), created on first use under the
+    cache folder; any other value is a dataset root laid out as its publisher distributes it.
+    ``shift_root`` adds a domain-shifted evaluation (``world:shifted`` for the world's other style).
+    """
+
+    task: Literal["vqa", "snli_ve", "vcr", "nlvr2"]
+    root: str = "world"
+    style: Literal["base", "shifted"] = "base"
+    world_scale: float = Field(1.0, gt=0)
+    train_split: str | None = None
+    eval_split: str | None = None
+    shift_root: str | None = None
+    fraction: float | None = Field(None, gt=0, le=1)
+    per_group: int | None = Field(None, ge=1)
+    subset_seed: int = 0
+    manifest: str | None = None
+    max_train: int | None = Field(None, ge=1)
+    max_eval: int | None = Field(None, ge=1)
+    skip_bad: bool = False
+
+    def splits(self) -> tuple[str, str]:
+        train, evaluation = DEFAULT_SPLITS[self.task]
+        return self.train_split or train, self.eval_split or evaluation
+
+
+class TrainConfig(_Strict):
+    """Optimisation: AdamW with linear warmup and decay, on accelerate."""
+
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    checkpoint_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)
+
+
+class CacheConfig(_Strict):
+    """Teacher-output cache: safetensors shards, memory-mapped, keyed by teacher and data fingerprints."""
+
+    enabled: bool = False
+    dir: str | None = None
+    fp16: bool = False
+    shard_size: int = Field(1024, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    data: DataConfig
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'; fix: remove it or check its spelling (see configs/ for examples)"
+    return f"{source}: {key}: {first['msg']}; fix: correct the value of '{key}'"
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: '{p}' is not a section; fix: name a key inside a section")
+    node[leaf] = value
+
+
+def parse_config(raw: Any, source: str = "config", overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a config tree; ``overrides`` are ``key.path=value`` strings (values parsed as YAML)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections; fix: see configs/smoke.yaml")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' has no '='; fix: write key.path=value, e.g. train.epochs=1")
+        key, value = item.split("=", 1)
+        _set_path(raw, key.strip(), yaml.safe_load(value))
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate a YAML experiment config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; fix: check the path, or use --preset NAME") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; fix: save the config as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: invalid YAML ({getattr(err, 'problem', err)}); fix: correct the syntax") from None
+    return parse_config(raw, str(path), overrides)
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a named preset shipped in ``configs/``."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))) or "none"
+        raise ConfigError(f"unknown preset '{name}'; fix: use one of: {names}")
+    return path
