@@ -11,7 +11,7 @@ from vldistill.data.examples import TaskExample
 from vldistill.data.loader import Batch
 from vldistill.data.records import VE_LABELS, Record, VQARecord
 from vldistill.metrics import nlvr2_scores, snli_ve_accuracy, vcr_accuracy
-from vldistill.metrics.vqa import question_accuracy
+from vldistill.metrics.vqa import question_accuracy, round2
 
 PRIMARY_METRIC: dict[str, str] = {"vqa": "vqa_accuracy", "snli_ve": "accuracy", "vcr": "q2ar", "nlvr2": "accuracy"}
 """The figure each task's papers report first, used for tables and model selection."""
@@ -51,7 +51,7 @@ def score(
             assert isinstance(rec, VQARecord)
             gt = [{"answer": a.answer, "answer_id": a.answer_id} for a in rec.answers]
             accs.append(question_accuracy(answers[preds[ex.uid]], gt))
-        return {"vqa_accuracy": round(100 * sum(accs) / len(accs), 2)}
+        return {"vqa_accuracy": round2(100 * sum(accs) / len(accs))}
     if task == "snli_ve":
         gold = {ex.uid: VE_LABELS[ex.label] for ex in examples}
         out = snli_ve_accuracy(gold, {ex.uid: VE_LABELS[preds[ex.uid]] for ex in examples})

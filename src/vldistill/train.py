@@ -92,8 +92,11 @@ def evaluate_all(student: nn.Module, data: DataBundle, processor: Any, batch_siz
     for name, es in data.evals.items():
         loader = torch.utils.data.DataLoader(ExampleDataset(es.examples, store), batch_size=batch_size,
                                              collate_fn=collate)
+        start = time.perf_counter()
         preds = predict(student, loader, device)
+        elapsed = time.perf_counter() - start
         results[name] = score(data.task, es.examples, es.records, preds, data.builder.answers or None)
+        results[name]["ms_per_example"] = round(1000 * elapsed / max(len(es.examples), 1), 3)
     return results
 
 

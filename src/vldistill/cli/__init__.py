@@ -21,12 +21,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from vldistill.cli import data, score, train
+    from vldistill.cli import data, protocol, score, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(score.app, name="score")
     app.command("train")(train.train_command)
     app.command("plan")(train.plan_command)
+    app.command("protocol")(protocol.protocol_command)
+    app.command("report")(protocol.report_command)
+    app.add_typer(protocol.cache_app, name="cache")
 
 
 _register()

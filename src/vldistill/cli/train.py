@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from vldistill.config import ExperimentConfig, load_config, preset_path
 from vldistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vldistill.config import ExperimentConfig
 
 console = Console()
 
@@ -19,6 +21,8 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key:
 
 
 def resolve_config(config: Path | None, preset: str | None, overrides: list[str] | None) -> ExperimentConfig:
+    from vldistill.config import load_config, preset_path
+
     if (config is None) == (preset is None):
         raise ConfigError("give a config file or --preset NAME (exactly one); fix: e.g. --preset smoke")
     return load_config(config if config is not None else preset_path(preset or ""), overrides)

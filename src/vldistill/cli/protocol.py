@@ -1,0 +1,61 @@
+"""``vldistill protocol``, ``vldistill report`` and ``vldistill cache build``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from vldistill.cli.train import ConfigArg, PresetOpt, SetOpt, resolve_config
+
+console = Console()
+cache_app = typer.Typer(help="The teacher-output cache.", no_args_is_help=True)
+
+
+def protocol_command(
+    config: Annotated[Path, typer.Argument(help="protocol YAML (see configs/protocol-*.yaml)")],
+    out: Annotated[Path, typer.Option(help="protocol folder; rerun to continue an interrupted protocol")],
+    progress: Annotated[bool, typer.Option(help="progress bars of each run")] = False,
+) -> None:
+    """Run tasks x conditions x methods x seeds; rows go to OUT/results.jsonl; then write the report."""
+    from vldistill.protocol import load_protocol, run_protocol
+    from vldistill.report import summary_table, write_report
+
+    results = run_protocol(load_protocol(config), out, show_progress=progress)
+    report = write_report(out)
+    console.print(summary_table(out))
+    console.print(f"results: {results}\nreport: {report}")
+
+
+def report_command(run_dir: Annotated[Path, typer.Argument(help="a protocol folder with results.jsonl")]) -> None:
+    """Write DIR/report.md (mean ± std per task, condition and method, gains) and PNG plots."""
+    from vldistill.report import summary_table, write_report
+
+    report = write_report(run_dir)
+    console.print(summary_table(run_dir))
+    console.print(f"report: {report}")
+
+
+@cache_app.command("build")
+def cache_build(config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None) -> None:
+    """Pre-compute the teacher outputs a config's method needs over its training set."""
+    from accelerate import PartialState
+
+    from vldistill.cache import open_teacher_cache
+    from vldistill.experiment import build_models, load_data
+
+    cfg = resolve_config(config, preset, set_)
+    state = PartialState()
+    data = load_data(cfg.data)
+    built = build_models(cfg, data)
+    if not built.method.teachers:
+        console.print(f"method '{cfg.method.name}' has no teachers: nothing to cache")
+        return
+    for teacher in built.method.teachers.values():
+        teacher.to(state.device)
+    cache = open_teacher_cache(cfg, data, built.method, rank=state.process_index, world=state.num_processes,
+                               barrier=state.wait_for_everyone)
+    if state.is_main_process:
+        console.print(f"teacher cache {cache.folder}: {len(cache.rows)} examples, {len(cache.shards)} shards")

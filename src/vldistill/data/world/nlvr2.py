@@ -1,0 +1,168 @@
+"""NLVR2 in its official layout: ``<split>.json`` (a JSON object per line) and PNG image pairs.
+
+One sentence is written per set and judged against two image pairs, one that makes it true and one
+that makes it false (real NLVR2 has four pairs per set; two keep the structure that the consistency
+metric needs: the same sentence over several pairs). Labels are therefore exactly balanced.
+Identifiers follow ``<split>-<set>-<pair>-<sentence>``; images ``<split>-<set>-<pair>-img0.png``
+(left) and ``-img1.png`` (right), under ``images/train/<directory>/`` or ``images/dev/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vldistill.data.world.files import scaled, task_rng, write_jsonl
+from vldistill.data.world.language import NUMBER_WORDS, article, choose, plural
+from vldistill.data.world.render import STYLES, render
+from vldistill.data.world.scene import COLOURS, SHAPES, Scene, sample_scene
+
+SPLITS: dict[str, int] = {"train": 300, "dev": 100}  # sets at scale 1; two pairs each
+SETS_PER_DIRECTORY = 50
+MAX_TRIES = 400
+Predicate = Callable[[Scene, Scene], bool]
+
+
+def _sentence(rng: np.random.Generator) -> tuple[str, str, Predicate]:
+    """A random statement about an image pair: (sentence, synset it is about, truth of a pair)."""
+    kind, colour = choose(rng, SHAPES), choose(rng, COLOURS)
+    side = choose(rng, ["left", "right"])
+
+    def pick(left: Scene, right: Scene) -> Scene:
+        return left if side == "left" else right
+
+    form = int(rng.integers(9))
+    if form == 0:
+        n = int(rng.integers(1, 4))
+        return (
+            f"The {side} image contains exactly {NUMBER_WORDS[n]} {plural(kind, n)}.",
+            kind,
+            lambda a, b: pick(a, b).count(kind=kind) == n,
+        )
+    if form == 1:
+        other = "right" if side == "left" else "left"
+        return (
+            f"There are more {colour} shapes in the {side} image than in the {other} image.",
+            colour,
+            lambda a, b: pick(a, b).count(colour=colour) > pick(b, a).count(colour=colour),
+        )
+    if form == 2:
+        return (
+            f"Both images contain {article(kind)} {kind}.",
+            kind,
+            lambda a, b: a.count(kind=kind) > 0 and b.count(kind=kind) > 0,
+        )
+    if form == 3:
+        return (
+            f"Exactly one image contains {article(kind)} {kind}.",
+            kind,
+            lambda a, b: (a.count(kind=kind) > 0) != (b.count(kind=kind) > 0),
+        )
+    if form == 4:
+        n = int(rng.integers(3, 8))
+        return (
+            f"There are {NUMBER_WORDS[n]} shapes in total.",
+            "shape",
+            lambda a, b: len(a.shapes) + len(b.shapes) == n,
+        )
+    if form == 5:
+        n = int(rng.integers(1, 5))
+        return (
+            f"One image contains exactly {NUMBER_WORDS[n]} {plural('shape', n)}.",
+            "shape",
+            lambda a, b: n in (len(a.shapes), len(b.shapes)),
+        )
+    if form == 6:
+        size = choose(rng, ["small", "large"])
+        return (
+            f"The {side} image has {article(size)} {size} {colour} shape.",
+            colour,
+            lambda a, b: pick(a, b).count(colour=colour, size=size) > 0,
+        )
+    if form == 7:
+        return (
+            f"Each image contains at least one {colour} shape.",
+            colour,
+            lambda a, b: a.count(colour=colour) > 0 and b.count(colour=colour) > 0,
+        )
+    return (
+        f"Neither image contains {article(kind)} {kind}.",
+        kind,
+        lambda a, b: a.count(kind=kind) == 0 and b.count(kind=kind) == 0,
+    )
+
+
+def _pair(
+    predicate: Predicate, truth: bool, rotate: bool, rng: np.random.Generator
+) -> tuple[Scene, Scene] | None:
+    """A (left, right) pair of scenes on which ``predicate`` is ``truth``, or None if none was found."""
+    for _ in range(MAX_TRIES):
+        left, right = sample_scene(rng, rotate=rotate), sample_scene(rng, rotate=rotate)
+        if predicate(left, right) == truth:
+            return left, right
+    return None
+
+
+def write_nlvr2(root: Path, style: str, seed: int, scale: float) -> dict[str, int]:
+    """Write ``root/nlvr2`` for one style; returns statement counts per split."""
+    counts = {}
+    for split, default_sets in SPLITS.items():
+        rng = task_rng(seed, style, "nlvr2", split)
+        rows: list[dict[str, Any]] = []
+        for set_id in range(scaled(default_sets, scale)):
+            while True:
+                sentence, synset, predicate = _sentence(rng)
+                truths = [bool(t) for t in rng.permutation([True, False])]
+                pairs = [_pair(predicate, t, STYLES[style].rotate, rng) for t in truths]
+                if all(p is not None for p in pairs):
+                    break
+            writer = str(int(rng.integers(1, 120)))
+            for pair_id, (truth, pair) in enumerate(zip(truths, pairs, strict=True)):
+                assert pair is not None
+                rows.append(
+                    _write_pair(
+                        root, style, split, set_id, pair_id, pair, sentence, truth, synset, writer, rng
+                    )
+                )
+        counts[split] = write_jsonl(root / "nlvr2" / f"{split}.json", rows)
+    return counts
+
+
+def _write_pair(
+    root: Path,
+    style: str,
+    split: str,
+    set_id: int,
+    pair_id: int,
+    pair: tuple[Scene, Scene],
+    sentence: str,
+    truth: bool,
+    synset: str,
+    writer: str,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    stem = f"{split}-{set_id}-{pair_id}"
+    directory = set_id // SETS_PER_DIRECTORY + 1
+    image_dir = root / "nlvr2" / "images" / split / (str(directory) if split == "train" else "")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for side, scene in enumerate(pair):
+        render(scene, STYLES[style], rng).save(image_dir / f"{stem}-img{side}.png", "PNG")
+    row: dict[str, Any] = {
+        "identifier": f"{stem}-0",
+        "sentence": sentence,
+        "label": "True" if truth else "False",
+    }
+    if split == "train":
+        row["directory"] = directory
+    row |= {
+        "left_url": f"https://world.vldistill.invalid/{style}/{stem}-img0.png",
+        "right_url": f"https://world.vldistill.invalid/{style}/{stem}-img1.png",
+        "synset": synset,
+        "query": f"{synset}{set_id % 10}",
+        "writer": writer,
+        "extra_validations": {},
+    }
+    return row

@@ -1,0 +1,127 @@
+"""Rendering scenes to 64x64 RGB pictures in the base or the shifted style (PIL only).
+
+The base style draws flat shapes on a plain dark background. The shifted style is a domain shift
+that keeps every label valid: backgrounds are crops of the photographs that scikit-image ships,
+the palette's hues are rotated (a "red" is an orange-red, a "blue" a violet-blue), polygons are
+rotated (see :func:`~vldistill.data.world.scene.sample_scene`) and shapes get a light outline.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vldistill.data.world.scene import CANVAS, Scene
+
+SUPERSAMPLE = 4  # draw at 4x and box-filter down: anti-aliased edges without a dependency
+JPEG_QUALITY = 90
+BASE_PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (50, 180, 60),
+    "blue": (50, 90, 230),
+    "yellow": (235, 215, 50),
+    "purple": (150, 60, 200),
+}
+HUE_SHIFT = 0.05  # of a full turn, 18 degrees: names stay right, pixels move
+PHOTO_NAMES: tuple[str, ...] = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "grass")
+PHOTO_SHORT_SIDE = 150  # photos are pre-shrunk to about this short side
+MIN_CROP = 64  # pixels of the pre-shrunk photo: no crop is upsampled
+PHOTO_BLEND = 0.25  # towards mid grey, so shapes stay visible on busy photos
+COLOUR_JITTER = 12
+
+
+def _shift_hue(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    r, g, b = colorsys.hsv_to_rgb((h + HUE_SHIFT) % 1.0, 0.85 * s, min(1.0, 1.05 * v))
+    return (round(r * 255), round(g * 255), round(b * 255))
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a scene looks: palette, background source, outline, polygon rotation."""
+
+    name: str
+    palette: dict[str, tuple[int, int, int]]
+    photo_background: bool
+    outline: tuple[int, int, int] | None
+    rotate: bool
+
+
+STYLES: dict[str, Style] = {
+    "base": Style("base", BASE_PALETTE, photo_background=False, outline=None, rotate=False),
+    "shifted": Style(
+        "shifted",
+        {name: _shift_hue(rgb) for name, rgb in BASE_PALETTE.items()},
+        photo_background=True,
+        outline=(245, 245, 235),
+        rotate=True,
+    ),
+}
+
+
+@lru_cache(maxsize=1)
+def _photos() -> tuple[Image.Image, ...]:
+    """The scikit-image sample photographs used as shifted backgrounds (bundled, offline)."""
+    import skimage.data  # imported here: only the shifted style needs it, and it is slow to import
+
+    photos = []
+    for name in PHOTO_NAMES:
+        array = np.asarray(getattr(skimage.data, name)())
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        photo = Image.fromarray(array[..., :3].astype(np.uint8), "RGB")
+        # Crops are shrunk to 64 px anyway; pre-shrinking makes each crop's box filter cheap.
+        photos.append(photo.reduce(max(1, min(photo.size) // PHOTO_SHORT_SIDE)))
+    return tuple(photos)
+
+
+def _background(style: Style, rng: np.random.Generator) -> Image.Image:
+    if not style.photo_background:
+        level = int(rng.integers(25, 65))
+        tint = rng.integers(-6, 7, size=3)
+        colour = tuple(int(c) for c in np.clip(level + tint, 0, 255))
+        return Image.new("RGB", (CANVAS, CANVAS), colour)
+    photos = _photos()
+    photo = photos[int(rng.integers(len(photos)))]
+    side = int(rng.integers(MIN_CROP, min(photo.size) + 1))
+    x0 = int(rng.integers(0, photo.width - side + 1))
+    y0 = int(rng.integers(0, photo.height - side + 1))
+    crop = photo.resize((CANVAS, CANVAS), Image.Resampling.BOX, box=(x0, y0, x0 + side, y0 + side))
+    return Image.blend(crop, Image.new("RGB", crop.size, (110, 110, 110)), PHOTO_BLEND)
+
+
+def render(scene: Scene, style: Style, rng: np.random.Generator) -> Image.Image:
+    """Draw ``scene`` in ``style``; ``rng`` picks the background and small colour jitter.
+
+    Returns a ``(64, 64)`` RGB image whose object extents match :meth:`Shape.box`.
+    """
+    # Drawing straight onto a nearest-upsampled background and box-filtering back gives the
+    # background's exact pixels and anti-aliased shape edges, with no alpha compositing.
+    size = CANVAS * SUPERSAMPLE
+    canvas = _background(style, rng).resize((size, size), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    width = SUPERSAMPLE if style.outline else 0
+    for shape in scene.shapes:
+        jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
+        rgb = np.clip(np.array(style.palette[shape.colour]) + jitter, 0, 255)
+        fill = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+        if shape.kind == "circle":
+            x1, y1, x2, y2 = (v * SUPERSAMPLE for v in shape.box())
+            draw.ellipse((x1, y1, x2, y2), fill=fill, outline=style.outline, width=width)
+        else:
+            points = [(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in shape.outline()]
+            draw.polygon(points, fill=fill, outline=style.outline, width=width)
+    return canvas.resize((CANVAS, CANVAS), Image.Resampling.BOX)
+
+
+def save_jpeg(image: Image.Image, path: str) -> None:
+    """Write ``image`` as a JPEG of quality 90 without chroma subsampling.
+
+    Default 4:2:0 subsampling halves colour resolution, which smears a 10-pixel shape's colour into
+    its neighbours; colour is half of what this world asks about.
+    """
+    image.save(path, "JPEG", quality=JPEG_QUALITY, subsampling=0)

@@ -1,0 +1,312 @@
+"""The demo's own small CLIP: contrastive pre-training on the generated world's captions.
+
+No real CLIP weights are reachable offline, so the demo trains its CLIP-TD teacher itself, on the
+premise of CLIP-TD and MAD: image-caption pairs are plentiful and cheap, labelled VL data is scarce.
+:func:`pretrain_clip` trains a small ``CLIPModel`` (MiniLM WordPiece text tower, ViT image tower)
+with CLIP's symmetric InfoNCE loss on the caption pairs of every style of a generated world, and
+reports how useful it is: in-batch image->text retrieval on held-out pairs, and zero-shot VQA
+(scoring ``"<question> <answer>"`` candidates against the image, exactly as CLIP-TD's confidence
+weight does). :func:`ensure_demo_clip` caches the result by settings and world.
+
+The trained directory loads as a teacher like any CLIP checkpoint::
+
+    build_teacher(TeacherConfig(kind="clip", pretrained=str(ensure_demo_clip(world, cache))))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from transformers import CLIPModel
+
+from vldistill.data.readers.vqa import read_vqa
+from vldistill.data.tasks import ExampleBuilder
+from vldistill.errors import ConfigError, DataError
+from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor
+from vldistill.models.teachers.clip import CLIPTeacher, small_clip_config
+from vldistill.models.teachers.text import minilm_tokenizer
+from vldistill.progress import TrainProgress
+
+CAPTION_STYLES: tuple[str, ...] = ("base", "shifted")
+HELD_OUT_FRACTION = 0.1
+RETRIEVAL_BATCH = 64
+SETTINGS_FILE = "demo_clip.json"
+TRAINING_VERSION = "1"
+"""Bump whenever the training procedure changes, so cached teachers are retrained."""
+_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its learned temperature at 100
+
+
+def caption_files(world_dir: Path) -> list[Path]:
+    """``<world>/<style>/captions/captions.jsonl`` of every style the world has, base first."""
+    files = [Path(world_dir) / s / "captions" / "captions.jsonl" for s in CAPTION_STYLES]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise ConfigError(
+            f"{world_dir} has no <style>/captions/captions.jsonl; fix: generate the world first "
+            "(vldistill data generate) or pass the folder that holds base/ and shifted/"
+        )
+    return files
+
+
+def read_captions(path: Path) -> list[tuple[Path, str]]:
+    """``(absolute image path, caption)`` per line of a captions.jsonl (image paths are relative to it)."""
+    pairs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"line {n}", f"not JSON ({err.msg})", "write one JSON object per line") from err
+        if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("caption"), str)):
+            raise DataError(path, f"line {n}", "needs string fields 'image' and 'caption'",
+                            'write {"image": "images/<n>.jpg", "caption": "..."}')
+        pairs.append((path.parent / row["image"], row["caption"]))
+    return pairs
+
+
+def _decode(path: Path, source: Path) -> Image.Image:
+    try:
+        with Image.open(path) as raw:
+            return raw.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(source, str(path), f"cannot read image ({err})", "regenerate the world") from err
+
+
+def load_caption_pairs(
+    world_dir: Path, processor: Processor, *, max_pairs: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every style's caption pairs, decoded once: ``pixels`` ``(N, 3, H, W)``, ``input_ids`` and
+    ``attention_mask`` ``(N, L)`` (L the longest caption). With ``max_pairs``, a seeded random subset."""
+    pairs = [(image, text, f) for f in caption_files(world_dir) for image, text in read_captions(f)]
+    if max_pairs is not None and max_pairs < len(pairs):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:max_pairs])
+        pairs = [pairs[int(i)] for i in keep]
+    if len(pairs) < 4:
+        raise ConfigError(f"{world_dir}: {len(pairs)} caption pairs; fix: generate a larger world (need >= 4)")
+    pixels = torch.cat([
+        processor.images_to_tensor([_decode(p, f) for p, _, f in pairs[i : i + 512]])
+        for i in range(0, len(pairs), 512)
+    ])
+    input_ids, attention_mask, _ = processor.tokenize([t for _, t, _ in pairs])
+    return pixels, input_ids, attention_mask
+
+
+def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: mean of image->text and text->image cross-entropy.
+
+    ``image_embeds``, ``text_embeds``: ``(B, E)`` unit norm, row i of each a matching pair;
+    ``logit_scale``: scalar log of the inverse temperature.
+    """
+    logits = logit_scale.exp() * image_embeds @ text_embeds.T
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Unit-norm image and text embeddings ``(B, E)``; texts cut to the batch's longest (less compute)."""
+    length = int(mask.sum(dim=1).max())
+    image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+    text = model.text_projection(
+        model.text_model(input_ids=ids[:, :length], attention_mask=mask[:, :length]).pooler_output
+    )
+    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+
+
+@torch.no_grad()
+def retrieval_accuracy(
+    model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = RETRIEVAL_BATCH
+) -> tuple[float, float]:
+    """Top-1 image->text retrieval among the other captions of each batch, and its chance level.
+
+    Pairs are cut into consecutive batches of ``batch_size``; returns (accuracy, mean 1 / batch size).
+    """
+    hits, chance = 0, 0.0
+    for i in range(0, len(pixels), batch_size):
+        image, text = _embed(model, pixels[i : i + batch_size], ids[i : i + batch_size], mask[i : i + batch_size])
+        sims = image @ text.T
+        hits += int((sims.argmax(dim=1) == torch.arange(len(sims))).sum())
+        chance += 1.0  # each of the len(sims) pairs has chance 1 / len(sims)
+    return hits / len(pixels), chance / len(pixels)
+
+
+@torch.no_grad()
+def zero_shot_vqa(teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", batch_size: int = 64) -> dict[str, Any]:
+    """CLIP-TD's zero-shot view of VQA: how often the gold ``"<question> <answer>"`` candidate scores highest.
+
+    Candidates are built by :class:`ExampleBuilder` on the training split (gold + the most frequent
+    answers of the question's type). Returns ``{"questions", "accuracy", "chance", "gold_probability",
+    "by_type": {answer_type: {"questions", "accuracy", "chance"}}}``, chance being the mean of
+    1 / candidates and ``gold_probability`` the mean softmax probability of the gold candidate.
+    """
+    builder = ExampleBuilder("vqa", read_vqa(vqa_root, "train2014"))
+    examples = [ex for ex in builder(read_vqa(vqa_root, split)) if ex.gold_candidate >= 0]
+    decoded = {path: _decode(path, vqa_root) for path in sorted({ex.images[0] for ex in examples})}
+    rows: list[tuple[str, bool, float, float]] = []  # answer type, hit, chance, gold probability
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i : i + batch_size]
+        images = [[decoded[ex.images[0]]] for ex in batch]
+        logits, cand_mask = teacher.score_candidates(batch, images)
+        probs = logits.masked_fill(~cand_mask, float("-inf")).softmax(dim=1)
+        for ex, p, m in zip(batch, probs, cand_mask, strict=True):
+            gold = ex.gold_candidate
+            rows.append((ex.meta["answer_type"], int(p.argmax()) == gold, 1 / int(m.sum()), float(p[gold])))
+
+    def summary(selected: Sequence[tuple[str, bool, float, float]]) -> dict[str, Any]:
+        n = max(len(selected), 1)
+        return {"questions": len(selected), "accuracy": sum(r[1] for r in selected) / n,
+                "chance": sum(r[2] for r in selected) / n, "gold_probability": sum(r[3] for r in selected) / n}
+
+    types = sorted({r[0] for r in rows})
+    return summary(rows) | {"by_type": {t: summary([r for r in rows if r[0] == t]) for t in types}}
+
+
+def _schedule(total_steps: int) -> Any:
+    """Linear warm-up over the first 10% of steps, then cosine decay to zero (a multiplier of lr)."""
+    warmup = max(1, total_steps // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
+
+    return factor
+
+
+def pretrain_clip(
+    world_dir: Path,
+    out_dir: Path,
+    *,
+    image_size: int = 64,
+    patch_size: int = 8,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    projection_dim: int = 64,
+    max_length: int = 40,
+    epochs: int = 6,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    max_pairs: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a small CLIP on the world's caption pairs and save it to ``out_dir`` as a CLIP teacher.
+
+    Pairs of every style are pooled; 10% (seeded) are held out for the retrieval check. AdamW with
+    linear warm-up and cosine decay; the result depends only on the arguments (and the thread count:
+    CPU kernels may sum in another order with other thread counts). The caller sets torch's threads.
+
+    Returns:
+        ``{"pairs", "train_pairs", "held_out_pairs", "seconds" (training only), "first_epoch_loss",
+        "final_loss" (mean over the last epoch), "retrieval_top1", "retrieval_chance",
+        "logit_scale", "zero_shot_vqa": {style: zero_shot_vqa(...)}}`` (styles with a VQA folder).
+    """
+    out_dir = Path(out_dir)
+    tokenizer = minilm_tokenizer()
+    processor = Processor(tokenizer, image_size, DEFAULT_MEAN, DEFAULT_STD, max_length=max_length)
+    pixels, ids, mask = load_caption_pairs(world_dir, processor, max_pairs=max_pairs, seed=seed)
+    n_held = max(1, round(len(pixels) * HELD_OUT_FRACTION))
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(pixels)))
+    held, train = order[:n_held], order[n_held:]
+    batch_size = min(batch_size, len(train))
+    steps_per_epoch = len(train) // batch_size  # drop the ragged last batch: InfoNCE wants full batches
+    config = small_clip_config(tokenizer, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                               num_layers=num_layers, num_heads=num_heads, intermediate_size=4 * hidden_size,
+                               projection_dim=projection_dim, max_length=max_length)
+    # A private RNG stream: the seed fixes init and shuffling without touching the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = CLIPTeacher.from_config(config, processor)
+        model = teacher.model.requires_grad_(True).train()
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(epochs * steps_per_epoch))
+        shuffle = torch.Generator().manual_seed(seed)
+        epoch_losses: list[float] = []
+        start = time.perf_counter()
+        with TrainProgress(enabled=progress, total=epochs * steps_per_epoch) as bar:
+            for epoch in range(epochs):
+                perm = train[torch.randperm(len(train), generator=shuffle)]
+                total = 0.0
+                for step in range(steps_per_epoch):
+                    rows = perm[step * batch_size : (step + 1) * batch_size]
+                    image, text = _embed(model, pixels[rows], ids[rows], mask[rows])
+                    loss = clip_loss(image, text, model.logit_scale)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    with torch.no_grad():
+                        model.logit_scale.clamp_(0.0, _MAX_LOGIT_SCALE)
+                    total += float(loss)
+                    bar.advance(float(loss), epoch)
+                epoch_losses.append(total / steps_per_epoch)
+        seconds = time.perf_counter() - start
+    teacher.freeze()
+    top1, chance = retrieval_accuracy(model, pixels[held], ids[held], mask[held])
+    teacher.save_pretrained(out_dir)
+    stats: dict[str, Any] = {
+        "pairs": len(pixels), "train_pairs": len(train), "held_out_pairs": n_held, "seconds": round(seconds, 2),
+        "first_epoch_loss": epoch_losses[0], "final_loss": epoch_losses[-1], "retrieval_top1": top1,
+        "retrieval_chance": chance, "logit_scale": teacher.logit_scale,
+        "zero_shot_vqa": {
+            style: zero_shot_vqa(teacher, Path(world_dir) / style / "vqa")
+            for style in CAPTION_STYLES
+            if (Path(world_dir) / style / "vqa").is_dir()
+        },
+    }
+    return stats
+
+
+def world_digest(world_dir: Path) -> str:
+    """sha256 over every style's MANIFEST.json (generator version, seed, scale) and captions.jsonl."""
+    digest = hashlib.sha256()
+    for captions in caption_files(world_dir):
+        style_dir = captions.parent.parent
+        manifest = style_dir / "MANIFEST.json"
+        digest.update(style_dir.name.encode())
+        digest.update(manifest.read_bytes() if manifest.is_file() else b"")
+        digest.update(captions.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_demo_clip(world_dir: Path, cache_root: Path, **kwargs: Any) -> Path:
+    """The directory of a CLIP pre-trained by :func:`pretrain_clip` on ``world_dir`` with ``kwargs``,
+    training it only when no cached one has the same settings and world.
+
+    The directory is ``cache_root/clip-<key>`` with its settings, world digest and training stats in
+    ``demo_clip.json``. Training writes to a private temporary folder renamed into place at the end,
+    so an interrupted run never leaves a directory that looks complete.
+    """
+    progress = kwargs.pop("progress", True)
+    settings = {"training_version": TRAINING_VERSION, "world": world_digest(world_dir), **kwargs}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    target = Path(cache_root) / f"clip-{key}"
+    sidecar = target / SETTINGS_FILE
+    if sidecar.is_file() and json.loads(sidecar.read_text(encoding="utf-8")).get("settings") == settings:
+        return target
+    partial = Path(cache_root) / f".clip-{key}.partial-{os.getpid()}"
+    if partial.exists():
+        shutil.rmtree(partial)
+    stats = pretrain_clip(world_dir, partial, progress=progress, **kwargs)
+    (partial / SETTINGS_FILE).write_text(json.dumps({"settings": settings, "stats": stats}, indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(target)  # a stale or half-copied folder: its sidecar did not match above
+    partial.rename(target)
+    return target

@@ -1,0 +1,399 @@
+"""``vldistill report DIR``: tables, a CSV and plots from a protocol's ``DIR/results.jsonl``.
+
+Rows (one metric of one finished run on one split, see :func:`vldistill.protocol.rows_of`) are grouped over
+seeds into :class:`Cell` objects; a *gain* is a cell's mean minus that of the same student's ``none``
+baseline. Where distillation did not help (gain <= 0, or within one pooled std) is stated plainly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vldistill.errors import DataError
+from vldistill.evaluate import PRIMARY_METRIC
+from vldistill.report_plots import dide_cells, plot_dide, plot_lowshot, plot_shift
+
+_TASK_ORDER = tuple(PRIMARY_METRIC)
+_STUDENT_ORDER = ("fusion", "dual")
+_METHOD_ORDER = ("none", "kd", "clip_td", "mad", "dide")
+_NUMBER = (int, float)
+_REQUIRED: dict[str, type | tuple[type, ...]] = {"task": str, "condition": str, "method": str, "student": str,
+                                                 "seed": int, "metric": str, "value": _NUMBER, "split": str}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"label": str, "fraction": _NUMBER, "train_examples": int,
+                                                 "seconds": _NUMBER, "eval_ms_per_example": _NUMBER}
+Column = tuple[str, str, str]  # a table column: (student, method, label)
+_FIX = "rerun the run (`vldistill protocol` continues where it stopped) or delete the line"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One metric of one finished run on one split. ``label`` names the protocol's method entry (default:
+    ``method``), so two entries of one method (an ablation) stay apart. ``value`` is in percent."""
+
+    task: str
+    condition: str
+    method: str
+    student: str
+    seed: int
+    metric: str
+    value: float
+    split: str
+    label: str
+    fraction: float | None = None
+    train_examples: int | None = None
+    seconds: float | None = None
+    eval_ms_per_example: float | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The rows of one (task, condition, split, student, method entry, metric) over seeds."""
+
+    task: str
+    condition: str
+    split: str
+    student: str
+    method: str
+    label: str
+    metric: str
+    values: tuple[float, ...]
+    fraction: float | None
+    eval_ms_per_example: float | None
+    seconds: float | None
+    train_examples: float | None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample std (ddof=1); NaN for a single seed."""
+        return statistics.stdev(self.values) if self.n > 1 else math.nan
+
+    @property
+    def comparable(self) -> tuple[str, str, str, str, str]:
+        """What a cell and its baseline share: task, condition, split, student, metric."""
+        return self.task, self.condition, self.split, self.student, self.metric
+
+    @property
+    def column(self) -> Column:
+        return self.student, self.method, self.label
+
+
+def _checked(raw: Any, path: Path, where: str) -> ResultRow:
+    if not isinstance(raw, dict):
+        raise DataError(path, where, f"expected a JSON object, got {type(raw).__name__}", _FIX)
+    for key, kind in (*_REQUIRED.items(), *_OPTIONAL.items()):
+        if key not in raw or (key in _OPTIONAL and raw[key] is None):
+            if key in _REQUIRED:
+                raise DataError(path, where, f"missing field '{key}'", _FIX)
+            continue
+        value = raw[key]
+        bad_number = isinstance(value, float) and not math.isfinite(value)
+        if isinstance(value, bool) or not isinstance(value, kind) or bad_number:
+            raise DataError(path, where, f"field '{key}' has the wrong type or value: {value!r}", _FIX)
+    fields = {key: raw.get(key) for key in (*_REQUIRED, *_OPTIONAL)}
+    fields["label"] = fields["label"] or raw["method"]
+    return ResultRow(**fields)
+
+
+def read_results(path: Path) -> list[ResultRow]:
+    """The rows of ``results.jsonl`` (of a row repeated by a rerun, the last); bad input raises DataError."""
+    if not path.is_file():
+        raise DataError(path, None, "results file not found",
+                        "run `vldistill protocol CONFIG --out DIR` first")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(path, None, f"not UTF-8 text ({err.reason})", "rewrite the file as UTF-8") from None
+    rows: dict[tuple, ResultRow] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"line {number}", f"malformed JSON ({err.msg})", _FIX) from None
+        row = _checked(raw, path, f"line {number}")
+        key = (row.task, row.condition, row.label, row.method, row.student, row.seed, row.metric, row.split)
+        rows.pop(key, None)  # a rerun: the later line replaces it and takes its place in file order
+        rows[key] = row
+    if not rows:
+        raise DataError(path, None, "no finished runs yet", "wait for the protocol's first run to finish")
+    return list(rows.values())
+
+
+def _rank(name: str, order: Sequence[str]) -> tuple[int, str]:
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def column_key(column: Column) -> tuple:
+    """Sort key of a (student, method, label) column: fusion before dual, none first, then kd..dide."""
+    student, method, label = column
+    return _rank(student, _STUDENT_ORDER), _rank(method, _METHOD_ORDER), label
+
+
+def condition_key(condition: str, split: str, fraction: float | None) -> tuple:
+    """full, then low-shot by increasing fraction, then other conditions, then shift; eval split first."""
+    if condition in ("full", "shift"):
+        return (0 if condition == "full" else 3, 0.0, ""), split != "eval", split
+    group = (1, fraction, condition) if fraction is not None else (2, 0.0, condition)
+    return group, split != "eval", split
+
+
+def _mean_of(values: Iterable[float | None]) -> float | None:
+    return statistics.fmean(known) if (known := [v for v in values if v is not None]) else None
+
+
+def aggregate(rows: Sequence[ResultRow]) -> list[Cell]:
+    """Group rows over seeds into cells, sorted by task (vqa, snli_ve, vcr, nlvr2), condition, column."""
+    groups: dict[tuple, list[ResultRow]] = {}
+    for row in rows:
+        key = (row.task, row.condition, row.split, row.student, row.method, row.label, row.metric)
+        groups.setdefault(key, []).append(row)
+    cells = [
+        Cell(*key, values=tuple(r.value for r in group), fraction=group[0].fraction,
+             eval_ms_per_example=_mean_of(r.eval_ms_per_example for r in group),
+             seconds=_mean_of(r.seconds for r in group),
+             train_examples=_mean_of(r.train_examples for r in group))
+        for key, group in groups.items()
+    ]
+    return sorted(cells, key=lambda c: (_rank(c.task, _TASK_ORDER),
+                                        condition_key(c.condition, c.split, c.fraction), column_key(c.column),
+                                        c.metric))
+
+
+def primary_metric(task: str, cells: Sequence[Cell]) -> str:
+    """The task's headline metric (``PRIMARY_METRIC``), else (unknown task, metric absent) its first one."""
+    metrics = [c.metric for c in cells if c.task == task]
+    return PRIMARY_METRIC[task] if PRIMARY_METRIC.get(task) in metrics else metrics[0]
+
+
+def _primary_cells(task: str, cells: Sequence[Cell]) -> tuple[str, list[Cell]]:
+    metric = primary_metric(task, cells)
+    return metric, [c for c in cells if (c.task, c.metric) == (task, metric)]
+
+
+def baseline_of(cell: Cell, cells: Sequence[Cell]) -> Cell | None:
+    """The same student's ``none`` cell (label ``none`` preferred) under the cell's task, condition, split."""
+    candidates = [c for c in cells if c.method == "none" and c.comparable == cell.comparable]
+    candidates.sort(key=lambda c: c.label != "none")
+    return candidates[0] if candidates else None
+
+
+def gain(cell: Cell, cells: Sequence[Cell]) -> float | None:
+    """Mean minus the baseline's mean; None for a baseline itself or when no baseline ran."""
+    base = baseline_of(cell, cells)
+    return None if base is None or base is cell else cell.mean - base.mean
+
+
+def pooled_std(a: Cell, b: Cell) -> float:
+    """sqrt(((n_a-1) s_a^2 + (n_b-1) s_b^2) / (n_a+n_b-2)); NaN when both cells have one seed."""
+    dof = a.n + b.n - 2
+    squares = sum((c.n - 1) * c.std**2 for c in (a, b) if c.n > 1)
+    return math.sqrt(squares / dof) if dof else math.nan
+
+
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec`` (e.g. ``".2f"``, ``"+.2f"``); empty for None."""
+    return "" if value is None else format(value, spec)
+
+
+def format_cell(cell: Cell) -> str:
+    """``"42.00 ± 2.00 (3)"``; ``"42.00 ± – (1)"`` for one seed."""
+    std = "–" if cell.n < 2 else f"{cell.std:.2f}"
+    return f"{cell.mean:.2f} ± {std} ({cell.n})"
+
+
+def _header(column: Column) -> str:
+    student, method, label = column
+    return f"{student} / {label}" if label == method else f"{student} / {label} ({method})"
+
+
+def _row_label(cell: Cell) -> str:
+    natural = "shifted" if cell.condition == "shift" else "eval"
+    return cell.condition if cell.split == natural else f"{cell.condition} ({cell.split})"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows])
+
+
+def _pivot(cells: Sequence[Cell], columns: Sequence[Column], render: Callable[[Cell], str]) -> str:
+    """A markdown table: rows = (condition, split) in the cells' order, the given columns, cells rendered."""
+    at = {((c.condition, c.split), c.column): c for c in cells}
+    body = []
+    for row in dict.fromkeys((c.condition, c.split) for c in cells):
+        first = next(c for c in cells if (c.condition, c.split) == row)
+        body.append([_row_label(first), *(render(at[row, c]) if (row, c) in at else "" for c in columns)])
+    return markdown_table(["condition", *map(_header, columns)], body)
+
+
+def main_table(cells: Sequence[Cell]) -> str:
+    """Rows = conditions, columns = (student, method), "mean ± std (n)", the best mean of a row in bold."""
+    best: dict[tuple[str, str], float] = {}
+    for c in cells:
+        best[c.condition, c.split] = max(best.get((c.condition, c.split), -math.inf), round(c.mean, 2))
+
+    def render(cell: Cell) -> str:
+        bold = round(cell.mean, 2) == best[cell.condition, cell.split]
+        return f"**{format_cell(cell)}**" if bold else format_cell(cell)
+
+    return _pivot(cells, sorted({c.column for c in cells}, key=column_key), render)
+
+
+def gain_table(cells: Sequence[Cell]) -> str | None:
+    """The gain of every non-baseline column over its student's ``none`` baseline ("+x.xx"); None if none."""
+    columns = [col for col in sorted({c.column for c in cells}, key=column_key) if col[1] != "none"]
+    return _pivot(cells, columns, lambda cell: _number(gain(cell, cells), "+.2f")) if columns else None
+
+
+def not_helped(cells: Sequence[Cell]) -> list[str]:
+    """One plain sentence per distilled cell whose gain is <= 0, within one pooled std, or unknown."""
+    lines = []
+    for cell in cells:
+        if cell.method == "none":
+            continue
+        where = f"{cell.task}, {_row_label(cell)}, {_header(cell.column)}"
+        base = baseline_of(cell, cells)
+        if base is None:
+            lines.append(f"{where}: no `none` baseline of student {cell.student} ran; the gain is unknown.")
+            continue
+        delta, spread = cell.mean - base.mean, pooled_std(cell, base)
+        versus = f"{cell.mean:.2f} vs {base.mean:.2f}"
+        if delta <= 0:
+            lines.append(f"{where}: no gain ({delta:+.2f}; {versus}).")
+        elif math.isnan(spread):
+            lines.append(f"{where}: gain {delta:+.2f} ({versus}) rests on one seed each, not established.")
+        elif delta <= spread:
+            lines.append(f"{where}: gain {delta:+.2f} ({versus}) is within one pooled std ({spread:.2f}), "
+                         "not significant.")
+    return lines
+
+
+def secondary_table(cells: Sequence[Cell], primary: str) -> str:
+    """Non-primary metrics and cost (training examples, seconds, eval ms per example) per row and column."""
+    keys = list(dict.fromkeys((c.condition, c.split, c.column) for c in cells))
+    metrics = list(dict.fromkeys(c.metric for c in cells if c.metric != primary))
+    at = {(c.condition, c.split, c.column, c.metric): c for c in cells}
+    body = []
+    for key in keys:
+        some = next(c for c in cells if (c.condition, c.split, c.column) == key)
+        line = [_row_label(some), _header(key[2])]
+        line += [format_cell(at[(*key, m)]) if (*key, m) in at else "" for m in metrics]
+        body.append([*line, _number(some.train_examples, ".0f"), _number(some.seconds, ".1f"),
+                     _number(some.eval_ms_per_example, ".2f")])
+    header = ["condition", "student / method", *metrics, "train examples", "train s", "eval ms/example"]
+    return markdown_table(header, body)
+
+
+def dide_table(cells: Sequence[Cell]) -> str | None:
+    """Full-condition accuracy and speed of the fusion teacher, the plain dual encoder and DiDE."""
+    picked = dide_cells(cells)
+    if not any(c.student == "dual" for c in picked):
+        return None
+    teacher_ms = next((c.eval_ms_per_example for c in picked if c.student == "fusion"), None)
+    body = [[_header(c.column), format_cell(c), _number(c.eval_ms_per_example, ".2f"),
+             f"{teacher_ms / c.eval_ms_per_example:.2f}x" if teacher_ms and c.eval_ms_per_example else ""]
+            for c in picked]
+    return markdown_table(["model", picked[0].metric, "eval ms/example", "speed-up vs fusion"], body)
+
+
+def _task_section(task: str, cells: Sequence[Cell], run_dir: Path) -> list[str]:
+    own = [c for c in cells if c.task == task]
+    metric, main = _primary_cells(task, own)
+    out = [f"## {task}: {metric}", "", main_table(main), ""]
+    gains = gain_table(main)
+    if gains:
+        out += [f"Gain over the same student's `none` baseline ({metric}, points):", "", gains, ""]
+    dide = dide_table(main)
+    if dide:
+        out += ["DiDE: fusion teacher, plain dual encoder, distilled dual encoder (full):", "", dide, ""]
+    for kind, plot in (("lowshot", plot_lowshot), ("shift", plot_shift), ("dide", plot_dide)):
+        if plot(task, metric, main, run_dir / f"{task}_{kind}.png"):
+            out += [f"![{task}: {kind}]({task}_{kind}.png)", ""]
+        else:  # nothing to plot now: drop the figure an earlier report may have left
+            (run_dir / f"{task}_{kind}.png").unlink(missing_ok=True)
+    out += ["Other metrics and cost:", "", secondary_table(own, metric), ""]
+    return out
+
+
+def _protocol_lines(run_dir: Path) -> list[str]:
+    path = run_dir / "protocol.json"
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as err:
+        raise DataError(path, None, f"malformed JSON ({err.msg})",
+                        "delete it; the report does not need it") from None
+    settings = spec.items() if isinstance(spec, dict) else []
+    body = [[f"`{key}`", json.dumps(value)[:200].replace("|", "\\|")] for key, value in settings]
+    table = markdown_table(["setting", "value"], body)
+    return ["Protocol settings (`protocol.json`):", "", table, ""] if body else []
+
+
+def _overview(rows: Sequence[ResultRow], cells: Sequence[Cell], run_dir: Path) -> list[str]:
+    def listed(values: Iterable[Any]) -> str:
+        return ", ".join(str(v) for v in dict.fromkeys(values))
+
+    # the shifted test of a full run is reported as condition "shift": count it as that run
+    runs = {(r.task, "full" if r.condition == "shift" else r.condition, r.student, r.label, r.seed)
+            for r in rows}
+    columns = sorted({c.column for c in cells}, key=column_key)
+    by_condition = sorted(cells, key=lambda c: condition_key(c.condition, "eval", c.fraction))
+    return [
+        "# vldistill report", "",
+        f"- tasks: {listed(c.task for c in cells)}",
+        f"- conditions: {listed(c.condition for c in by_condition)}",
+        f"- students / methods: {listed(_header(c) for c in columns)}",
+        f"- seeds: {listed(sorted({r.seed for r in rows}))}",
+        f"- finished runs: {len(runs)} ({len(rows)} result rows)", "",
+        f"Regenerate with `vldistill report {run_dir}`.", "",
+        "Cells are mean ± sample std (number of seeds) of the task's primary metric; the best mean of a row "
+        "is in bold. The `shift` row is the test in the other domain of the `full` runs.", "",
+    ]
+
+
+def write_summary_csv(cells: Sequence[Cell], path: Path) -> None:
+    """One row per cell: task, condition, split, student, method, label, metric, mean, std, n, gain."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow("task condition split student method label metric mean std n gain".split())
+        for c in cells:
+            writer.writerow([c.task, c.condition, c.split, c.student, c.method, c.label, c.metric,
+                             f"{c.mean:.4f}", "" if c.n < 2 else f"{c.std:.4f}", c.n,
+                             _number(gain(c, cells), ".4f")])
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``report.md``, ``summary.csv`` and the PNG plots into ``run_dir``; returns report.md's path."""
+    rows = read_results(run_dir / "results.jsonl")
+    cells = aggregate(rows)
+    lines = _overview(rows, cells, run_dir) + _protocol_lines(run_dir)
+    for task in dict.fromkeys(c.task for c in cells):
+        lines += _task_section(task, cells, run_dir)
+    failures = not_helped([c for c in cells if c.metric == primary_metric(c.task, cells)])
+    lines += ["## Where distillation did not help", ""]
+    lines += [f"- {line}" for line in failures] or ["Every distilled cell beats its baseline by > 1 std."]
+    write_summary_csv(cells, run_dir / "summary.csv")
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
+
+
+def summary_table(run_dir: Path) -> str:
+    """The main results of every task as markdown (one titled table per task), for a terminal."""
+    cells = aggregate(read_results(run_dir / "results.jsonl"))
+    parts = [(task, *_primary_cells(task, cells)) for task in dict.fromkeys(c.task for c in cells)]
+    return "\n\n".join(f"{task} ({metric})\n\n{main_table(main)}" for task, metric, main in parts)

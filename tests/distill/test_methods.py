@@ -1,0 +1,160 @@
+"""Every method from a config: runs, trains what it should, freezes teachers, cache == live."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vldistill.cache import open_teacher_cache
+from vldistill.config import parse_config
+from vldistill.data.loader import ExampleDataset, collate_fn
+from vldistill.errors import ConfigError
+from vldistill.experiment import build_models, load_data
+from vldistill.plan import make_plan
+from vldistill.train import train
+
+from tiny_configs import tiny_tree
+
+CASES = {
+    "none": dict(task="vqa", method="none"),
+    "kd": dict(task="vqa", method="kd", teachers=("clip",)),
+    "clip_td": dict(task="vqa", method="clip_td", teachers=("clip",)),
+    "mad": dict(task="snli_ve", method="mad", teachers=("vision", "text")),
+    "dide": dict(task="snli_ve", method="dide", teachers=("fusion",), student={"kind": "dual"}),
+}
+
+
+def _first_batch(cfg):
+    data = load_data(cfg.data)
+    built = build_models(cfg, data)
+    loader = torch.utils.data.DataLoader(ExampleDataset(data.train), batch_size=6,
+                                         collate_fn=collate_fn(built.processor, data.task, data.builder.answers or None))
+    batch = next(iter(loader))
+    out = built.student(batch.student, output_cross_attention=built.method.needs_cross_attention)
+    targets = built.method.targets(batch)
+    built.method.setup(out, targets)
+    return data, built, batch, targets
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_method_runs_from_a_config(name, tmp_path):
+    case = dict(CASES[name])
+    cfg = parse_config(tiny_tree(**case), "test")
+    summary = train(cfg, tmp_path, show_progress=False)
+    assert summary["method"] == name
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    terms = [k for k in row if k.startswith("train_")]
+    expected = {"none": {"train_task"},
+                "kd": {"train_task", "train_feature/clip/image", "train_feature/clip/text"},
+                "clip_td": {"train_task", "train_feature/clip/image", "train_feature/clip/text"},
+                "mad": {"train_task", "train_feature/vision/image", "train_feature/text/text"},
+                "dide": {"train_task", "train_attention/t2i", "train_attention/i2t", "train_logits/soft_labels"}}[name]
+    assert set(terms) == expected
+    assert all(torch.isfinite(torch.tensor(row[k])) and row[k] >= 0 for k in terms if k != "train_task")
+    metric = summary["primary_metric"]
+    assert 0 <= summary["eval"]["eval"][metric] <= 100
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["clip_td", "mad", "dide"])
+def test_teachers_frozen_students_and_projections_trained(name):
+    cfg = parse_config(tiny_tree(**CASES[name]), "test")
+    _, built, batch, targets = _first_batch(cfg)
+    out = built.student(batch.student, output_cross_attention=built.method.needs_cross_attention)
+    terms = built.method.losses(out, batch, targets)
+    assert terms, "the method must add distillation terms"
+    sum(terms.values()).backward()
+    for teacher in built.method.teachers.values():
+        assert not teacher.training
+        assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    student_grads = [p.grad for p in built.student.parameters() if p.grad is not None]
+    assert student_grads and any(float(g.abs().sum()) > 0 for g in student_grads)
+    for proj in built.method.projections.values():
+        assert float(proj.weight.grad.abs().sum()) > 0
+    # teachers are not part of what the optimizer or a checkpoint sees
+    names = [n for n, _ in built.method.named_parameters()]
+    assert all(n.startswith("projections.") for n in names)
+
+
+def test_cached_and_live_teacher_give_the_same_loss(tmp_path):
+    cfg = parse_config(tiny_tree(**CASES["clip_td"], cache={"enabled": True, "dir": str(tmp_path)}), "test")
+    data, built, batch, live = _first_batch(cfg)
+    cache = open_teacher_cache(cfg, data, built.method)
+    cached = cache.lookup(batch.examples)
+    assert set(cached) == set(live)
+    # The cache was computed in batches of another size: equal up to float32 rounding of BLAS
+    # kernels that depend on the batch shape, no more.
+    for teacher, fields in live.items():
+        for field, value in fields.items():
+            assert cached[teacher][field].dtype == value.dtype, field
+            assert torch.allclose(cached[teacher][field].float(), value.float(), rtol=1e-5, atol=1e-6), field
+    out = built.student(batch.student)
+    a = built.method.losses(out, batch, live)
+    b = built.method.losses(out, batch, cached)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert float(a[k].detach()) == pytest.approx(float(b[k].detach()), rel=1e-5, abs=1e-7), k
+
+
+def test_fp16_cache_is_close(tmp_path):
+    cfg = parse_config(tiny_tree(**CASES["clip_td"], cache={"enabled": True, "dir": str(tmp_path), "fp16": True}), "t")
+    data, built, batch, live = _first_batch(cfg)
+    cached = open_teacher_cache(cfg, data, built.method).lookup(batch.examples)
+    out = built.student(batch.student)
+    a = built.method.losses(out, batch, live)
+    b = built.method.losses(out, batch, cached)
+    for k in a:
+        assert abs(float(a[k].detach()) - float(b[k].detach())) < 1e-2 * max(1.0, abs(float(a[k].detach())))
+
+
+def test_cache_hit_miss_and_staleness(tmp_path, monkeypatch):
+    cfg = parse_config(tiny_tree(**CASES["clip_td"], cache={"enabled": True, "dir": str(tmp_path)}), "test")
+    data, built, _, _ = _first_batch(cfg)
+    calls = []
+    real = built.method.targets_for
+    monkeypatch.setattr(built.method, "targets_for", lambda ex, im: calls.append(len(ex)) or real(ex, im))
+    first = open_teacher_cache(cfg, data, built.method)  # miss: computes every row
+    assert sum(calls) == len(data.train)
+    calls.clear()
+    again = open_teacher_cache(cfg, data, built.method)  # hit: computes nothing
+    assert calls == [] and again.folder == first.folder and len(again.rows) == len(data.train)
+    # more examples of the same split: only the missing rows are computed
+    bigger = load_data(parse_config(tiny_tree(**CASES["clip_td"], data={"max_train": 30}), "t").data)
+    open_teacher_cache(cfg, bigger, built.method)
+    assert sum(calls) == len(bigger.train) - len(data.train)
+    # another teacher (other weights) or other data files -> another key, never the stale cache
+    torch.manual_seed(123)
+    with torch.no_grad():
+        next(iter(built.method.teachers["clip"].parameters())).add_(1.0)
+    built.method.teachers["clip"]._weights_digest = None
+    other = open_teacher_cache(cfg, data, built.method)
+    assert other.folder != first.folder
+    data.fingerprint = "changed-annotation-files"
+    assert open_teacher_cache(cfg, data, built.method).folder not in (first.folder, other.folder)
+
+
+def test_method_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="kind clip"):
+        build_models(parse_config(tiny_tree("vqa", "clip_td", ("vision",)), "t"),
+                     load_data(parse_config(tiny_tree(), "t").data))
+    cfg = parse_config(tiny_tree("snli_ve", "mad", ("vision",), method_options={"selection": "teacher_relevance"}), "t")
+    with pytest.raises(ConfigError, match="joint image-text space"):
+        make_plan(cfg)
+    cfg = parse_config(tiny_tree("snli_ve", "dide", ("fusion",)), "t")  # fusion student: no cross-attention
+    with pytest.raises(ConfigError, match="dual"):
+        make_plan(cfg)
+
+
+def test_plan_shows_links_selection_and_weights():
+    plan = make_plan(parse_config(tiny_tree(**CASES["clip_td"]), "test"))
+    terms = [link["term"] for link in plan.links]
+    assert terms == ["feature/clip/image", "feature/clip/text"]
+    image = plan.links[0]
+    # ratio 0.5 of the 16 student patches (4x4 grid at 32 px, patch 8)
+    assert image["selected_min"] == image["selected_max"] == 8
+    assert image["projection"] == "Linear(32->32)"
+    assert plan.weights["kind"] == "teacher_confidence"
+    assert 0.1 <= plan.weights["min"] <= plan.weights["max"] <= 1.0
+    assert plan.parameters["teachers (frozen)"] > 0 and plan.parameters["projections"] == 2 * (32 * 32 + 32)

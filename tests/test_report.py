@@ -1,0 +1,235 @@
+"""``vldistill.report``: tables, gains, the "did not help" list, CSV, plots and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vldistill.errors import DataError
+from vldistill.report import aggregate, format_cell, pooled_std, read_results, summary_table, write_report
+
+# (task, condition, split, fraction, student, method, metric) -> values over seeds 0, 1, 2, ...
+VQA = "vqa_accuracy"
+CELLS = {
+    ("vqa", "full", "eval", None, "fusion", "none", VQA): [40, 42, 44],
+    ("vqa", "full", "eval", None, "fusion", "kd", VQA): [41, 42, 43],
+    ("vqa", "full", "eval", None, "fusion", "clip_td", VQA): [44, 45, 46],
+    ("vqa", "full", "eval", None, "dual", "none", VQA): [30, 31, 32],
+    ("vqa", "full", "eval", None, "dual", "dide", VQA): [35, 36, 37],
+    ("vqa", "shift", "shifted", None, "fusion", "none", VQA): [30, 32, 34],
+    ("vqa", "shift", "shifted", None, "fusion", "clip_td", VQA): [34, 35, 36],
+    ("vqa", "lowshot-0.25", "eval", 0.25, "fusion", "none", VQA): [30],
+    ("vqa", "lowshot-0.25", "eval", 0.25, "fusion", "clip_td", VQA): [33],
+    ("vqa", "lowshot-0.1", "eval", 0.1, "fusion", "none", VQA): [20, 22, 24],
+    ("vqa", "lowshot-0.1", "eval", 0.1, "fusion", "clip_td", VQA): [21, 23, 25],
+    ("snli_ve", "full", "eval", None, "fusion", "none", "accuracy"): [60, 62],
+    ("snli_ve", "full", "eval", None, "fusion", "none", "accuracy_entailment"): [70, 74],
+}
+MS = {"fusion": 4.0, "dual": 1.0}
+
+
+def _rows() -> list[dict]:
+    rows = []
+    for (task, condition, split, fraction, student, method, metric), values in CELLS.items():
+        for seed, value in enumerate(values):
+            rows.append({"task": task, "condition": condition, "method": method, "student": student,
+                         "seed": seed, "metric": metric, "value": value, "split": split,
+                         "train_examples": 1500, "seconds": 12.0, "fraction": fraction,
+                         "eval_ms_per_example": MS[student]})
+    return rows
+
+
+def _write(folder: Path, rows: list[dict], extra_lines: tuple[str, ...] = ()) -> Path:
+    lines = [json.dumps(r) for r in rows] + list(extra_lines)
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("protocol")
+    rows = _rows()
+    rerun = dict(rows[0], value=99.0)  # an earlier run of fusion/none/full seed 0, replaced by rows[0]
+    _write(folder, [rerun, *rows[::-1]])  # reversed: the report must order conditions itself
+    (folder / "protocol.json").write_text(json.dumps({"name": "demo", "seeds": [0, 1, 2]}))
+    write_report(folder)
+    return folder
+
+
+def _table_line(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def _section(text: str, title: str) -> str:
+    """The part of report.md from heading ``## title`` to the next ``## ``."""
+    return text.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def test_main_table_cells_bold_and_condition_order(report_dir: Path) -> None:
+    vqa = _section((report_dir / "report.md").read_text(), "vqa: vqa_accuracy").split("Gain over")[0]
+    assert "| condition | fusion / none | fusion / kd | fusion / clip_td | dual / none | dual / dide |" in vqa
+    assert _table_line(vqa, "| full |") == (
+        "| full | 42.00 ± 2.00 (3) | 42.00 ± 1.00 (3) | **45.00 ± 1.00 (3)** | 31.00 ± 1.00 (3) "
+        "| 36.00 ± 1.00 (3) |")
+    assert _table_line(vqa, "| lowshot-0.25 |") == (
+        "| lowshot-0.25 | 30.00 ± – (1) |  | **33.00 ± – (1)** |  |  |")
+    order = [line.split(" | ")[0] for line in vqa.splitlines() if line.startswith("| ")]
+    assert order == ["| condition", "| ---", "| full", "| lowshot-0.1", "| lowshot-0.25", "| shift"]
+
+
+def test_gain_table(report_dir: Path) -> None:
+    gains = (report_dir / "report.md").read_text().split("Gain over")[1]
+    assert "| condition | fusion / kd | fusion / clip_td | dual / dide |" in gains
+    assert _table_line(gains, "| full |") == "| full | +0.00 | +3.00 | +5.00 |"
+    assert _table_line(gains, "| shift |") == "| shift |  | +3.00 |  |"
+
+
+def test_did_not_help_list(report_dir: Path) -> None:
+    section = _section((report_dir / "report.md").read_text(), "Where distillation did not help")
+    items = [line for line in section.splitlines() if line.startswith("- ")]
+    assert items == [
+        "- vqa, full, fusion / kd: no gain (+0.00; 42.00 vs 42.00).",
+        "- vqa, lowshot-0.1, fusion / clip_td: gain +1.00 (23.00 vs 22.00) is within one pooled std (2.00), "
+        "not significant.",
+        "- vqa, lowshot-0.25, fusion / clip_td: gain +3.00 (33.00 vs 30.00) rests on one seed each, "
+        "not established.",
+    ]
+
+
+def test_header_protocol_secondary_and_dide_tables(report_dir: Path) -> None:
+    text = (report_dir / "report.md").read_text()
+    assert "- tasks: vqa, snli_ve" in text
+    assert "- conditions: full, lowshot-0.1, lowshot-0.25, shift" in text
+    assert "- seeds: 0, 1, 2" in text
+    # vqa: 5 full x 3 + 2 x 3 + 2 x 1 low-shot runs (the shifted rows belong to the full runs); snli_ve: 2
+    assert "- finished runs: 25 (33 result rows)" in text
+    assert f"`vldistill report {report_dir}`" in text
+    assert '| `name` | "demo" |' in text
+    snli = _section(text, "snli_ve: accuracy")
+    assert _table_line(snli, "| full | fusion / none |") == (
+        "| full | fusion / none | 72.00 ± 2.83 (2) | 1500 | 12.0 | 4.00 |")
+    assert "| dual / dide | 36.00 ± 1.00 (3) | 1.00 | 4.00x |" in text
+
+
+def test_summary_csv(report_dir: Path) -> None:
+    with (report_dir / "summary.csv").open() as f:
+        rows = {(r["task"], r["condition"], r["student"], r["method"], r["metric"]): r
+                for r in csv.DictReader(f)}
+    base = rows["vqa", "full", "fusion", "none", VQA]
+    assert [base[k] for k in ("mean", "std", "n", "gain", "split")] == ["42.0000", "2.0000", "3", "", "eval"]
+    clip = rows["vqa", "shift", "fusion", "clip_td", VQA]
+    assert (float(clip["mean"]), float(clip["gain"]), clip["split"]) == (35.0, 3.0, "shifted")
+    single = rows["vqa", "lowshot-0.25", "fusion", "clip_td", VQA]
+    assert (single["std"], single["n"], float(single["gain"])) == ("", "1", 3.0)
+    assert float(rows["snli_ve", "full", "fusion", "none", "accuracy_entailment"]["mean"]) == 72.0
+    assert len(rows) == len(CELLS)
+
+
+def test_plots_are_png_and_linked(report_dir: Path) -> None:
+    text = (report_dir / "report.md").read_text()
+    for name in ("vqa_lowshot.png", "vqa_shift.png", "vqa_dide.png"):
+        assert f"]({name})" in text
+        with Image.open(report_dir / name) as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    # snli_ve has only the full condition and no dual student: nothing to plot
+    assert sorted(p.name for p in report_dir.glob("snli_ve*")) == []
+
+
+def test_summary_table_and_rerun_kept_last(report_dir: Path) -> None:
+    table = summary_table(report_dir)
+    assert table.startswith("vqa (vqa_accuracy)\n\n| condition | fusion / none |")
+    assert "\n\nsnli_ve (accuracy)\n\n" in table
+    assert "| full | **61.00 ± 1.41 (2)** |" in table
+    rows = read_results(report_dir / "results.jsonl")
+    assert len(rows) == sum(len(v) for v in CELLS.values())
+    key = ("vqa", "full", "fusion", "none", 0)
+    first = next(r for r in rows if (r.task, r.condition, r.student, r.method, r.seed) == key)
+    assert first.value == 40 and first.label == "none"
+
+
+def test_cell_statistics(tmp_path: Path) -> None:
+    rows = read_results(_write(tmp_path, _rows()) / "results.jsonl")
+    cells = {(c.method, c.condition): c for c in aggregate(rows) if c.task == "vqa" and c.student == "fusion"}
+    assert format_cell(cells["none", "lowshot-0.25"]) == "30.00 ± – (1)"
+    assert pooled_std(cells["none", "full"], cells["kd", "full"]) == pytest.approx(math.sqrt(2.5))
+    assert math.isnan(pooled_std(cells["none", "lowshot-0.25"], cells["clip_td", "lowshot-0.25"]))
+
+
+def test_absent_protocol_json_is_fine_and_stale_plots_go(tmp_path: Path) -> None:
+    (tmp_path / "vqa_lowshot.png").write_bytes(b"left by an earlier report")
+    report = write_report(_write(tmp_path, _rows()[:3]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "results.jsonl", "summary.csv"]
+    assert "Protocol settings" not in report.read_text()
+    assert "Every distilled cell beats its baseline by > 1 std." in report.read_text()
+
+
+@pytest.mark.parametrize(
+    ("lines", "record", "problem"),
+    [
+        (['{"task": "vqa", '], "line 2", "malformed JSON"),
+        (["[1, 2]"], "line 2", "expected a JSON object"),
+        ([json.dumps({k: v for k, v in _rows()[0].items() if k != "value"})], "line 2",
+         "missing field 'value'"),
+        ([json.dumps(dict(_rows()[0], seed="0"))], "line 2", "field 'seed'"),
+        ([json.dumps(dict(_rows()[0], value=True))], "line 2", "field 'value'"),
+        ([json.dumps(dict(_rows()[0], eval_ms_per_example="fast"))], "line 2", "field 'eval_ms_per_example'"),
+    ],
+)
+def test_bad_lines(tmp_path: Path, lines: list[str], record: str, problem: str) -> None:
+    _write(tmp_path, _rows()[:1], tuple(lines))
+    with pytest.raises(DataError) as err:
+        write_report(tmp_path)
+    assert err.value.record == record and problem in err.value.problem
+    assert err.value.file == str(tmp_path / "results.jsonl") and err.value.fix
+
+
+def test_empty_and_missing_results(tmp_path: Path) -> None:
+    (tmp_path / "results.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="no finished runs yet"):
+        write_report(tmp_path)
+    with pytest.raises(DataError, match="results file not found"):
+        summary_table(tmp_path / "elsewhere")
+
+
+def test_bad_bytes_and_bad_protocol_json(tmp_path: Path) -> None:
+    (tmp_path / "results.jsonl").write_bytes(b'{"task": "vq\xff"}\n')
+    with pytest.raises(DataError, match="not UTF-8"):
+        write_report(tmp_path)
+    _write(tmp_path, _rows()[:1])
+    (tmp_path / "protocol.json").write_text("{name: demo")
+    with pytest.raises(DataError) as err:
+        write_report(tmp_path)
+    assert err.value.file == str(tmp_path / "protocol.json") and "malformed JSON" in err.value.problem
+
+
+def test_null_optional_fields_are_tolerated(tmp_path: Path) -> None:
+    rows = [dict(r, eval_ms_per_example=None, seconds=None) for r in _rows()[:3]]
+    text = write_report(_write(tmp_path, rows)).read_text()
+    assert _table_line(text, "| full |") == "| full | **42.00 ± 2.00 (3)** |"
+
+
+def test_method_labels_stay_apart_and_baseline_found_by_method(tmp_path: Path) -> None:
+    def row(label: str, student: str, method: str, seed: int, value: float) -> dict:
+        return {"task": "nlvr2", "condition": "full", "method": method, "label": label, "student": student,
+                "seed": seed, "metric": "accuracy", "value": value, "split": "eval", "fraction": None}
+
+    rows = [row("none", "fusion", "none", s, v) for s, v in enumerate([50, 52])]
+    rows += [row("clip_td-l1", "fusion", "clip_td", s, v) for s, v in enumerate([60, 62])]
+    rows += [row("clip_td-cos", "fusion", "clip_td", s, v) for s, v in enumerate([51, 53])]
+    rows += [row("dual", "dual", "none", s, v) for s, v in enumerate([40, 40])]
+    rows += [row("dide", "dual", "dide", s, v) for s, v in enumerate([45, 45])]
+    rows += [row("mad", "other", "mad", 0, 1.0)]
+    text = write_report(_write(tmp_path, rows)).read_text()
+    assert _table_line(text, "| condition | fusion / none |") == (
+        "| condition | fusion / none | fusion / clip_td-cos (clip_td) | fusion / clip_td-l1 (clip_td) "
+        "| dual / dual (none) | dual / dide | other / mad |")
+    assert "| full | +1.00 | +10.00 | +5.00 |  |" in text
+    assert ("- nlvr2, full, fusion / clip_td-cos (clip_td): gain +1.00 (52.00 vs 51.00) is within one pooled "
+            "std (1.41), not significant." in text)
+    assert "- nlvr2, full, other / mad: no `none` baseline of student other ran; the gain is unknown." in text
+    assert "- nlvr2, full, dual / dide" not in text  # 45 vs 40 with zero spread: a clear gain
