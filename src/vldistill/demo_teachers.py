@@ -69,10 +69,20 @@ def read_captions(path: Path) -> list[tuple[Path, str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(path, f"line {n}", f"not JSON ({err.msg})", "write one JSON object per line") from err
-        if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("caption"), str)):
-            raise DataError(path, f"line {n}", "needs string fields 'image' and 'caption'",
-                            'write {"image": "images/<n>.jpg", "caption": "..."}')
+            raise DataError(
+                path, f"line {n}", f"not JSON ({err.msg})", "write one JSON object per line"
+            ) from err
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("image"), str)
+            and isinstance(row.get("caption"), str)
+        ):
+            raise DataError(
+                path,
+                f"line {n}",
+                "needs string fields 'image' and 'caption'",
+                'write {"image": "images/<n>.jpg", "caption": "..."}',
+            )
         pairs.append((path.parent / row["image"], row["caption"]))
     return pairs
 
@@ -95,16 +105,22 @@ def load_caption_pairs(
         keep = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:max_pairs])
         pairs = [pairs[int(i)] for i in keep]
     if len(pairs) < 4:
-        raise ConfigError(f"{world_dir}: {len(pairs)} caption pairs; fix: generate a larger world (need >= 4)")
-    pixels = torch.cat([
-        processor.images_to_tensor([_decode(p, f) for p, _, f in pairs[i : i + 512]])
-        for i in range(0, len(pairs), 512)
-    ])
+        raise ConfigError(
+            f"{world_dir}: {len(pairs)} caption pairs; fix: generate a larger world (need >= 4)"
+        )
+    pixels = torch.cat(
+        [
+            processor.images_to_tensor([_decode(p, f) for p, _, f in pairs[i : i + 512]])
+            for i in range(0, len(pairs), 512)
+        ]
+    )
     input_ids, attention_mask, _ = processor.tokenize([t for _, t, _ in pairs])
     return pixels, input_ids, attention_mask
 
 
-def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_loss(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
     """CLIP's symmetric InfoNCE: mean of image->text and text->image cross-entropy.
 
     ``image_embeds``, ``text_embeds``: ``(B, E)`` unit norm, row i of each a matching pair;
@@ -115,7 +131,9 @@ def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _embed(
+    model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """Unit-norm image and text embeddings ``(B, E)``; texts cut to the batch's longest (less compute)."""
     length = int(mask.sum(dim=1).max())
     image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
@@ -127,7 +145,11 @@ def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torc
 
 @torch.no_grad()
 def retrieval_accuracy(
-    model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = RETRIEVAL_BATCH
+    model: CLIPModel,
+    pixels: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    batch_size: int = RETRIEVAL_BATCH,
 ) -> tuple[float, float]:
     """Top-1 image->text retrieval among the other captions of each batch, and its chance level.
 
@@ -135,7 +157,9 @@ def retrieval_accuracy(
     """
     hits, chance = 0, 0.0
     for i in range(0, len(pixels), batch_size):
-        image, text = _embed(model, pixels[i : i + batch_size], ids[i : i + batch_size], mask[i : i + batch_size])
+        image, text = _embed(
+            model, pixels[i : i + batch_size], ids[i : i + batch_size], mask[i : i + batch_size]
+        )
         sims = image @ text.T
         hits += int((sims.argmax(dim=1) == torch.arange(len(sims))).sum())
         chance += 1.0  # each of the len(sims) pairs has chance 1 / len(sims)
@@ -143,7 +167,9 @@ def retrieval_accuracy(
 
 
 @torch.no_grad()
-def zero_shot_vqa(teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", batch_size: int = 64) -> dict[str, Any]:
+def zero_shot_vqa(
+    teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", batch_size: int = 64
+) -> dict[str, Any]:
     """CLIP-TD's zero-shot view of VQA: how often the gold ``"<question> <answer>"`` candidate scores highest.
 
     Candidates are built by :class:`ExampleBuilder` on the training split (gold + the most frequent
@@ -166,8 +192,12 @@ def zero_shot_vqa(teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", 
 
     def summary(selected: Sequence[tuple[str, bool, float, float]]) -> dict[str, Any]:
         n = max(len(selected), 1)
-        return {"questions": len(selected), "accuracy": sum(r[1] for r in selected) / n,
-                "chance": sum(r[2] for r in selected) / n, "gold_probability": sum(r[3] for r in selected) / n}
+        return {
+            "questions": len(selected),
+            "accuracy": sum(r[1] for r in selected) / n,
+            "chance": sum(r[2] for r in selected) / n,
+            "gold_probability": sum(r[3] for r in selected) / n,
+        }
 
     types = sorted({r[0] for r in rows})
     return summary(rows) | {"by_type": {t: summary([r for r in rows if r[0] == t]) for t in types}}
@@ -224,9 +254,17 @@ def pretrain_clip(
     held, train = order[:n_held], order[n_held:]
     batch_size = min(batch_size, len(train))
     steps_per_epoch = len(train) // batch_size  # drop the ragged last batch: InfoNCE wants full batches
-    config = small_clip_config(tokenizer, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                               num_layers=num_layers, num_heads=num_heads, intermediate_size=4 * hidden_size,
-                               projection_dim=projection_dim, max_length=max_length)
+    config = small_clip_config(
+        tokenizer,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        intermediate_size=4 * hidden_size,
+        projection_dim=projection_dim,
+        max_length=max_length,
+    )
     # A private RNG stream: the seed fixes init and shuffling without touching the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -234,8 +272,10 @@ def pretrain_clip(
         model = teacher.model.requires_grad_(True).train()
         decay = [p for p in model.parameters() if p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(epochs * steps_per_epoch))
         shuffle = torch.Generator().manual_seed(seed)
         epoch_losses: list[float] = []
@@ -254,17 +294,23 @@ def pretrain_clip(
                     scheduler.step()
                     with torch.no_grad():
                         model.logit_scale.clamp_(0.0, _MAX_LOGIT_SCALE)
-                    total += float(loss)
-                    bar.advance(float(loss), epoch)
+                    total += loss.item()
+                    bar.advance(loss.item(), epoch)
                 epoch_losses.append(total / steps_per_epoch)
         seconds = time.perf_counter() - start
     teacher.freeze()
     top1, chance = retrieval_accuracy(model, pixels[held], ids[held], mask[held])
     teacher.save_pretrained(out_dir)
     stats: dict[str, Any] = {
-        "pairs": len(pixels), "train_pairs": len(train), "held_out_pairs": n_held, "seconds": round(seconds, 2),
-        "first_epoch_loss": epoch_losses[0], "final_loss": epoch_losses[-1], "retrieval_top1": top1,
-        "retrieval_chance": chance, "logit_scale": teacher.logit_scale,
+        "pairs": len(pixels),
+        "train_pairs": len(train),
+        "held_out_pairs": n_held,
+        "seconds": round(seconds, 2),
+        "first_epoch_loss": epoch_losses[0],
+        "final_loss": epoch_losses[-1],
+        "retrieval_top1": top1,
+        "retrieval_chance": chance,
+        "logit_scale": teacher.logit_scale,
         "zero_shot_vqa": {
             style: zero_shot_vqa(teacher, Path(world_dir) / style / "vqa")
             for style in CAPTION_STYLES

@@ -20,6 +20,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
+from transformers.utils import logging as hf_logging
 
 from vldistill import checkpoint as ckpt
 from vldistill.cache import open_teacher_cache
@@ -38,12 +39,17 @@ class NumericsError(VldistillError):
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """A seeded permutation per epoch: the data order is a function of (seed, epoch) alone."""
+    """A seeded permutation per epoch: the data order is a function of (seed, epoch) alone.
+
+    The method is deliberately not called ``set_epoch``: accelerate calls ``set_epoch`` on samplers
+    with its own count of iterations of the loader object, which restarts at 0 for the new loader
+    a resumed run builds, and would replay the wrong epoch's order.
+    """
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
@@ -107,6 +113,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
     ``out_dir/final/`` (the student, a Hugging Face directory) and ``out_dir/summary.json``.
     """
     t0 = time.perf_counter()
+    hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -185,7 +192,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
     done = step >= total_steps
     with progress:
         while not done and epoch < tc.epochs:
-            sampler.set_epoch(epoch)
+            sampler.use_epoch(epoch)
             epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
             sums: dict[str, float] = {}
             seen = 0
@@ -198,7 +205,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
                     if not torch.isfinite(loss):
                         bad = [k for k, v in terms.items() if not torch.isfinite(v)]
                         raise NumericsError(
-                            f"step {step}: loss term(s) {', '.join(bad)} not finite; the last good checkpoint in "
+                            f"step {step + 1}: loss term(s) {', '.join(bad)} not finite; the last good checkpoint in "
                             f"{ckpt_root} is intact; fix: lower train.lr or the term's weight, then --resume"
                         )
                     accelerator.backward(loss)
@@ -242,7 +249,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
         if not final_eval:
             final_eval = evaluate_all(accelerator.unwrap_model(model).student, data, built.processor,
                                       tc.eval_batch_size, store, device)
-        save_student(accelerator.unwrap_model(model).student, out_dir / "final")
+        save_student(accelerator.unwrap_model(model).student, out_dir / "final", built.processor)
         summary = {"task": data.task, "method": cfg.method.name, "student": cfg.student.kind,
                    "train_examples": len(data.train), "steps": step, "eval": final_eval,
                    "primary_metric": PRIMARY_METRIC[data.task], "seconds": round(time.perf_counter() - t0, 2)}

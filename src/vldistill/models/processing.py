@@ -201,6 +201,20 @@ class Processor:
         input_ids, attention_mask, word_index = self.tokenize([t for ex in examples for t in ex.texts])
         return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, first.task)
 
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the tokenizer and ``preprocessor_config.json`` so ``from_pretrained(directory)`` rebuilds this.
+
+        The image settings are a fixed ``height x width`` resize with no centre crop, exactly what
+        ``__call__`` does.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        height, width = self.image_size
+        config = {"do_resize": True, "size": {"height": height, "width": width}, "do_center_crop": False,
+                  "do_normalize": True, "image_mean": list(self.image_mean), "image_std": list(self.image_std)}
+        (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
+
     def fingerprint(self) -> str:
         """Stable hash of everything that changes the tensors (for teacher-cache keys)."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)

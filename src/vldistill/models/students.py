@@ -19,6 +19,7 @@ from transformers import BertConfig, ViltConfig, ViTConfig
 from vldistill.errors import ConfigError
 from vldistill.models.dual import DualEncoderStudent, load_tower, tower_from_config
 from vldistill.models.fusion import FusionStudent, task_config_kwargs
+from vldistill.models.processing import Processor
 
 STUDENT_FILE = "vldistill_student.json"
 
@@ -122,8 +123,12 @@ def _load_dual(path: str | Path, task: str, num_labels: int, answers: list[str] 
     )
 
 
-def save_student(model: nn.Module, directory: str | Path) -> Path:
-    """Write the student as a Hugging Face directory plus ``vldistill_student.json``."""
+def save_student(model: nn.Module, directory: str | Path, processor: Processor | None = None) -> Path:
+    """Write the student as a Hugging Face directory plus ``vldistill_student.json``.
+
+    With ``processor``, its tokenizer and image settings are written too, so the directory is all a
+    user needs (``Processor.from_pretrained(directory)`` and ``load_student(directory)``).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(model, FusionStudent):
@@ -136,6 +141,8 @@ def save_student(model: nn.Module, directory: str | Path) -> Path:
     answers = [config.id2label[i] for i in range(config.num_labels)] if task == "vqa" else None
     meta = {"kind": kind, "task": task, "num_labels": config.num_labels, "answers": answers}
     (directory / STUDENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if processor is not None:
+        processor.save_pretrained(directory)
     return directory
 
 

@@ -106,6 +106,22 @@ def _pair(
     return None
 
 
+def _sample_set(
+    rng: np.random.Generator, rotate: bool
+) -> tuple[str, str, list[tuple[bool, tuple[Scene, Scene]]]]:
+    """A sentence, its synset, and one pair that makes it true and one that makes it false."""
+    while True:
+        sentence, synset, predicate = _sentence(rng)
+        pairs = []
+        for truth in (bool(t) for t in rng.permutation([True, False])):
+            pair = _pair(predicate, truth, rotate, rng)
+            if pair is None:
+                break  # a sentence (almost) never true or never false: draw another one
+            pairs.append((truth, pair))
+        else:
+            return sentence, synset, pairs
+
+
 def write_nlvr2(root: Path, style: str, seed: int, scale: float) -> dict[str, int]:
     """Write ``root/nlvr2`` for one style; returns statement counts per split."""
     counts = {}
@@ -113,56 +129,28 @@ def write_nlvr2(root: Path, style: str, seed: int, scale: float) -> dict[str, in
         rng = task_rng(seed, style, "nlvr2", split)
         rows: list[dict[str, Any]] = []
         for set_id in range(scaled(default_sets, scale)):
-            while True:
-                sentence, synset, predicate = _sentence(rng)
-                truths = [bool(t) for t in rng.permutation([True, False])]
-                pairs = [_pair(predicate, t, STYLES[style].rotate, rng) for t in truths]
-                if all(p is not None for p in pairs):
-                    break
+            sentence, synset, pairs = _sample_set(rng, STYLES[style].rotate)
             writer = str(int(rng.integers(1, 120)))
-            for pair_id, (truth, pair) in enumerate(zip(truths, pairs, strict=True)):
-                assert pair is not None
+            directory = set_id // SETS_PER_DIRECTORY + 1
+            image_dir = root / "nlvr2" / "images" / split / (str(directory) if split == "train" else "")
+            image_dir.mkdir(parents=True, exist_ok=True)
+            for pair_id, (truth, pair) in enumerate(pairs):
+                stem = f"{split}-{set_id}-{pair_id}"
+                for side, scene in enumerate(pair):
+                    render(scene, STYLES[style], rng).save(image_dir / f"{stem}-img{side}.png", "PNG")
+                row: dict[str, Any] = {"identifier": f"{stem}-0", "sentence": sentence, "label": str(truth)}
+                if split == "train":
+                    row["directory"] = directory
                 rows.append(
-                    _write_pair(
-                        root, style, split, set_id, pair_id, pair, sentence, truth, synset, writer, rng
-                    )
+                    row
+                    | {
+                        "left_url": f"https://world.vldistill.invalid/{style}/{stem}-img0.png",
+                        "right_url": f"https://world.vldistill.invalid/{style}/{stem}-img1.png",
+                        "synset": synset,
+                        "query": f"{synset}{set_id % 10}",
+                        "writer": writer,
+                        "extra_validations": {},
+                    }
                 )
         counts[split] = write_jsonl(root / "nlvr2" / f"{split}.json", rows)
     return counts
-
-
-def _write_pair(
-    root: Path,
-    style: str,
-    split: str,
-    set_id: int,
-    pair_id: int,
-    pair: tuple[Scene, Scene],
-    sentence: str,
-    truth: bool,
-    synset: str,
-    writer: str,
-    rng: np.random.Generator,
-) -> dict[str, Any]:
-    stem = f"{split}-{set_id}-{pair_id}"
-    directory = set_id // SETS_PER_DIRECTORY + 1
-    image_dir = root / "nlvr2" / "images" / split / (str(directory) if split == "train" else "")
-    image_dir.mkdir(parents=True, exist_ok=True)
-    for side, scene in enumerate(pair):
-        render(scene, STYLES[style], rng).save(image_dir / f"{stem}-img{side}.png", "PNG")
-    row: dict[str, Any] = {
-        "identifier": f"{stem}-0",
-        "sentence": sentence,
-        "label": "True" if truth else "False",
-    }
-    if split == "train":
-        row["directory"] = directory
-    row |= {
-        "left_url": f"https://world.vldistill.invalid/{style}/{stem}-img0.png",
-        "right_url": f"https://world.vldistill.invalid/{style}/{stem}-img1.png",
-        "synset": synset,
-        "query": f"{synset}{set_id % 10}",
-        "writer": writer,
-        "extra_validations": {},
-    }
-    return row

@@ -51,19 +51,8 @@ def config_description(config: Any) -> dict[str, Any]:
 
 
 def save_processor(processor: Processor, directory: str | Path) -> None:
-    """Write ``processor``'s tokenizer and image settings where ``Processor.from_pretrained`` reads them.
-
-    The image settings go to ``preprocessor_config.json`` as a fixed ``height x width`` resize with
-    no centre crop, which is exactly what ``Processor`` does.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    processor.tokenizer.save_pretrained(directory)
-    height, width = processor.image_size
-    config = {"do_resize": True, "size": {"height": height, "width": width}, "do_center_crop": False,
-              "do_normalize": True, "image_mean": list(processor.image_mean),
-              "image_std": list(processor.image_std)}
-    (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
+    """Write ``processor`` where ``Processor.from_pretrained`` reads it (see ``Processor.save_pretrained``)."""
+    processor.save_pretrained(directory)
 
 
 def load_checkpoint(

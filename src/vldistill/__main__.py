@@ -1,0 +1,5 @@
+"""``python -m vldistill`` runs the command line."""
+
+from vldistill.cli import main
+
+main()
