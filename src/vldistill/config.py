@@ -58,6 +58,7 @@ class DataConfig(_Strict):
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     skip_bad: bool = False
+    min_answer_count: int = Field(1, ge=1)  # VQA answers seen fewer times are left out (ViLT: 9 on VQA v2)
 
     def splits(self) -> tuple[str, str]:
         train, evaluation = DEFAULT_SPLITS[self.task]
@@ -81,6 +82,7 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
+    eval_each_epoch: bool = True  # False: evaluate once, after the last epoch (faster protocols)
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)
 

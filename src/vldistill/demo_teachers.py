@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ def zero_shot_vqa(
     return summary(rows) | {"by_type": {t: summary([r for r in rows if r[0] == t]) for t in types}}
 
 
-def _schedule(total_steps: int) -> Any:
+def _schedule(total_steps: int) -> Callable[[int], float]:
     """Linear warm-up over the first 10% of steps, then cosine decay to zero (a multiplier of lr)."""
     warmup = max(1, total_steps // 10)
 

@@ -97,14 +97,14 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
     train_split, eval_split = cfg.splits()
     root = resolve_root(cfg.root, cfg.style, cfg.task, cfg.world_scale)
     train_records = read_task(cfg.task, root, train_split, skip_bad=cfg.skip_bad)
-    builder = ExampleBuilder(cfg.task, train_records)
+    builder = ExampleBuilder(cfg.task, train_records, min_answer_count=cfg.min_answer_count)
     train = builder(train_records)
+    if cfg.max_train:  # a cap on the training set itself: low-shot fractions are fractions of it
+        train = _first_records(train, cfg.max_train)
     if cfg.manifest:
         train = apply_manifest(Path(cfg.manifest), train)
     elif cfg.fraction is not None or cfg.per_group is not None:
         train = low_shot(train, fraction=cfg.fraction, per_group=cfg.per_group, seed=cfg.subset_seed)
-    if cfg.max_train:
-        train = _first_records(train, cfg.max_train)
     if out_dir is not None:
         write_manifest(out_dir / "subset.json", train, task=cfg.task, root=str(root), split=train_split,
                        fraction=cfg.fraction, per_group=cfg.per_group, seed=cfg.subset_seed,
@@ -162,5 +162,5 @@ def build_models(cfg: ExperimentConfig, data: DataBundle) -> Built:
     answers = data.builder.answers or None
     student = build_student(cfg.student, data.task, data.builder.num_labels, answers)
     teachers = {name: build_teacher(t, task=data.task) for name, t in cfg.method.teachers.items()}
-    method = build_method(cfg.method, teachers, data.task)
+    method = build_method(cfg.method, teachers, data.task, answers)
     return Built(student, student_processor(cfg.student), method)

@@ -93,7 +93,7 @@ def make_plan(cfg: ExperimentConfig, batch_size: int = 4) -> Plan:
                            "student": f"t2i {_shape(ca.text_to_image)}, i2t {_shape(ca.image_to_text)}",
                            "projection": "none (same tokens and heads)", "compared": "KL per head"})
     terms = {"task": task_loss(data.task, out.logits, batch.targets), **method.losses(out, batch, targets)}
-    plan.losses = {k: round(float(v), 5) for k, v in terms.items()}
+    plan.losses = {k: round(float(v.detach()), 5) for k, v in terms.items()}
     plan.parameters = {"student": _count(student), "projections": _count(method.projections),
                        "teachers (frozen)": sum(_count(t) for t in method.teachers.values())}
     return plan

@@ -57,6 +57,8 @@ class ProtocolConfig(_Strict):
     tasks: list[Literal["vqa", "snli_ve", "vcr", "nlvr2"]]
     conditions: list[Condition] = Field(default_factory=lambda: [Condition(name="full")])
     shift: bool = True
+    roots: dict[str, str] = Field(default_factory=dict)  # task -> dataset root (else base.data.root)
+    shift_roots: dict[str, str] = Field(default_factory=dict)  # task -> domain-shifted root
     methods: dict[str, MethodEntry]
     seeds: list[int] = Field(default_factory=lambda: [0])
 
@@ -119,6 +121,10 @@ def experiment(spec: ProtocolConfig, task: str, condition: Condition, label: str
     tree = _merge(spec.base, {"name": f"{spec.name}/{task}/{condition.name}/{label}/seed{seed}"})
     data = tree.setdefault("data", {})
     data.update(task=task, fraction=condition.fraction, per_group=condition.per_group, subset_seed=seed)
+    if task in spec.roots:
+        data["root"] = spec.roots[task]
+    if task in spec.shift_roots:
+        data["shift_root"] = spec.shift_roots[task]
     if condition.name != "full" or not spec.shift:
         data["shift_root"] = None
     tree["method"] = _resolve_run_refs(entry.method, out, task)

@@ -230,17 +230,20 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
                         break
             epoch += 1
             batch_in_epoch = 0
-            evaluation = {}
+            evaluation: dict[str, dict[str, float]] = {}
+            last_epoch = done or epoch >= tc.epochs
             if accelerator.is_main_process:
-                evaluation = evaluate_all(accelerator.unwrap_model(model).student, data, built.processor,
-                                          tc.eval_batch_size, store, device)
+                if tc.eval_each_epoch or last_epoch:
+                    evaluation = evaluate_all(accelerator.unwrap_model(model).student, data, built.processor,
+                                              tc.eval_batch_size, store, device)
+                    accelerator.log({f"{s}/{m}": v for s, ms in evaluation.items() for m, v in ms.items()}, step=step)
+                    metric = PRIMARY_METRIC[data.task]
+                    progress.note(f"epoch {epoch}: " + ", ".join(f"{s} {metric} {ms[metric]}"
+                                                                 for s, ms in evaluation.items()))
                 row = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
                        "eval": evaluation, "seconds": round(time.perf_counter() - t0, 2)}
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                accelerator.log({f"{s}/{m}": v for s, ms in evaluation.items() for m, v in ms.items()}, step=step)
-                progress.note(f"epoch {epoch}: " + ", ".join(f"{s} {PRIMARY_METRIC[data.task]} "
-                                                             f"{ms[PRIMARY_METRIC[data.task]]}" for s, ms in evaluation.items()))
             final_eval = evaluation
             save(step)
     accelerator.end_training()

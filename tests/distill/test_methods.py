@@ -158,3 +158,24 @@ def test_plan_shows_links_selection_and_weights():
     assert plan.weights["kind"] == "teacher_confidence"
     assert 0.1 <= plan.weights["min"] <= plan.weights["max"] <= 1.0
     assert plan.parameters["teachers (frozen)"] > 0 and plan.parameters["projections"] == 2 * (32 * 32 + 32)
+
+
+def test_vqa_teacher_logits_are_matched_to_student_answers_by_name():
+    from types import SimpleNamespace
+
+    from vldistill.distill.config import MethodConfig
+    from vldistill.distill.methods import Method
+
+    teacher = SimpleNamespace(kind="fusion", answers=["yes", "no", "2", "red"])
+    method = Method(MethodConfig(), {"vilt": teacher}, "vqa", answers=["red", "blue", "yes"])
+    out = SimpleNamespace(logits=torch.zeros(1, 3))
+    method._map_teacher_logits(out, {"vilt": {"logits": torch.zeros(1, 4)}})
+    mapped = method.teacher_logits("vilt", torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    # red <- column 3, blue is unknown to the teacher (probability 0), yes <- column 0
+    assert mapped.tolist() == [[4.0, -1e4, 1.0]]
+    lonely = Method(MethodConfig(), {"vilt": SimpleNamespace(kind="fusion", answers=["cat"])}, "vqa", answers=["dog"])
+    with pytest.raises(ConfigError, match="shares no answer"):
+        lonely._map_teacher_logits(out, {"vilt": {"logits": torch.zeros(1, 1)}})
+    ve = Method(MethodConfig(), {"vilt": SimpleNamespace(kind="fusion", answers=None)}, "snli_ve")
+    with pytest.raises(ConfigError, match="has 2 classes, the student 3"):
+        ve._map_teacher_logits(out, {"vilt": {"logits": torch.zeros(1, 2)}})

@@ -29,6 +29,7 @@ def _register() -> None:
     app.command("plan")(train.plan_command)
     app.command("protocol")(protocol.protocol_command)
     app.command("report")(protocol.report_command)
+    app.command("demo")(protocol.demo_command)
     app.add_typer(protocol.cache_app, name="cache")
 
 
@@ -36,6 +37,12 @@ _register()
 
 
 def main() -> None:
+    import os
+
+    # transformers' load reports (e.g. a MiniLM pooler a teacher does not use) are noise for users of
+    # the command line; VLDISTILL_VERBOSE=1 shows them.
+    if not os.environ.get("VLDISTILL_VERBOSE"):
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app(standalone_mode=False)
     except VldistillError as err:

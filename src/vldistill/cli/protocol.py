@@ -29,6 +29,17 @@ def protocol_command(
     console.print(f"results: {results}\nreport: {report}")
 
 
+def demo_command(
+    out: Annotated[Path, typer.Option(help="demo folder; rerun to continue an interrupted demo")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="a small, one-seed version (CI, install check)")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bars of each run")] = False,
+) -> None:
+    """The embedded default: world, teachers, protocol, DiDE, report (offline, 2 CPU cores)."""
+    from vldistill.demo import run_demo
+
+    run_demo(out, quick=quick, progress=progress)
+
+
 def report_command(run_dir: Annotated[Path, typer.Argument(help="a protocol folder with results.jsonl")]) -> None:
     """Write DIR/report.md (mean ± std per task, condition and method, gains) and PNG plots."""
     from vldistill.report import summary_table, write_report

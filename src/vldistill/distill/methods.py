@@ -65,10 +65,13 @@ class Method(nn.Module):
     needs_cross_attention: ClassVar[bool] = False
     default_logit_weight: ClassVar[float] = 0.0
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str) -> None:
+    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
+                 answers: Sequence[str] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.task = task
+        self.answers = list(answers) if answers is not None else None
+        self._logit_maps: dict[str, torch.Tensor] = {}
         # A plain dict, not a ModuleDict: teachers are neither trained nor saved with the student.
         self._teachers: dict[str, nn.Module] = dict(teachers)
         self.projections = nn.ModuleDict()
@@ -106,6 +109,36 @@ class Method(nn.Module):
     def setup(self, out: StudentOutput, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Create the projections once the student's and teachers' widths are known (one batch)."""
 
+    def _map_teacher_logits(self, out: StudentOutput, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+        """Line up each fusion teacher's logits with the student's classes.
+
+        A fine-tuned VQA teacher (e.g. ``dandelin/vilt-b32-finetuned-vqa``) has its own answer list; its
+        logits are matched to the student's answers *by name*; answers it lacks get a logit of -1e4
+        (probability 0). Other tasks have fixed classes, which must agree in number.
+        """
+        for name, t in targets.items():
+            if "logits" not in t:
+                continue
+            teacher_answers = getattr(self._teachers[name], "answers", None)
+            if self.answers is not None and teacher_answers is not None:
+                where = {a: i for i, a in enumerate(teacher_answers)}
+                self._logit_maps[name] = torch.tensor([where.get(a, -1) for a in self.answers])
+                if not bool((self._logit_maps[name] >= 0).any()):
+                    raise ConfigError(f"teacher '{name}' shares no answer with the student's answer vocabulary; "
+                                      "fix: use a teacher fine-tuned on this dataset's answers")
+            elif t["logits"].shape[-1] != out.logits.shape[-1]:
+                raise ConfigError(f"teacher '{name}' has {t['logits'].shape[-1]} classes, the student "
+                                  f"{out.logits.shape[-1]}; fix: use a teacher fine-tuned on this task")
+
+    def teacher_logits(self, name: str, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, C_student)`` teacher logits in the student's class order (see :meth:`_map_teacher_logits`)."""
+        index = self._logit_maps.get(name)
+        if index is None:
+            return logits
+        index = index.to(logits.device)
+        picked = logits[:, index.clamp(min=0)]
+        return picked.masked_fill(index < 0, -1e4)
+
     def losses(
         self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
@@ -141,8 +174,9 @@ class FeatureDistillation(Method):
     default_selection: ClassVar[str] = "all"
     default_weighting: ClassVar[str] = "constant"
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str) -> None:
-        super().__init__(cfg, teachers, task)
+    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
+                 answers: Sequence[str] | None = None) -> None:
+        super().__init__(cfg, teachers, task, answers)
         if not teachers:
             raise ConfigError(f"method '{self.name}' needs at least one teacher; fix: add method.teachers")
         self.selection = cfg.selection or self.default_selection
@@ -170,6 +204,7 @@ class FeatureDistillation(Method):
                 self.projections[f"{name}_text"] = nn.Linear(out.text_tokens.shape[-1], t["text_words"].shape[-1])
         if self.logit_weight > 0 and not any("logits" in t for t in targets.values()):
             raise ConfigError("method.logit_weight > 0 needs a fusion teacher; fix: add one or set it to 0")
+        self._map_teacher_logits(out, targets)
 
     def weights(self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> torch.Tensor:
         """``(B,)`` per-instance weights of the feature terms."""
@@ -252,7 +287,8 @@ class FeatureDistillation(Method):
             for name, t in targets.items():
                 if "logits" in t:
                     kind = "sigmoid" if TASK_KINDS[self.task] == "multilabel" else "softmax"
-                    kd = logit_kd(out.logits, t["logits"].to(out.logits.dtype), kind=kind, temperature=self.cfg.temperature)
+                    teacher = self.teacher_logits(name, t["logits"]).to(out.logits.dtype)
+                    kd = logit_kd(out.logits, teacher, kind=kind, temperature=self.cfg.temperature)
                     terms[f"logits/{name}"] = self.logit_weight * kd
         return terms
 
@@ -274,10 +310,11 @@ class CLIPTargetedDistillation(FeatureDistillation):
     default_selection = "teacher_relevance"
     default_weighting = "teacher_confidence"
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str) -> None:
+    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
+                 answers: Sequence[str] | None = None) -> None:
         if not any(getattr(t, "kind", "") == "clip" for t in teachers.values()):
             raise ConfigError("method clip_td needs a teacher of kind clip; fix: add one under method.teachers")
-        super().__init__(cfg, teachers, task)
+        super().__init__(cfg, teachers, task, answers)
 
 
 @register("mad")
@@ -303,8 +340,9 @@ class DistilledDualEncoder(Method):
     needs_cross_attention = True
     default_logit_weight = 1.0
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str) -> None:
-        super().__init__(cfg, teachers, task)
+    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
+                 answers: Sequence[str] | None = None) -> None:
+        super().__init__(cfg, teachers, task, answers)
         fusion = [n for n, t in teachers.items() if getattr(t, "kind", "") == "fusion"]
         if len(fusion) != 1:
             raise ConfigError("method dide needs exactly one teacher of kind fusion; fix: set method.teachers")
@@ -316,6 +354,7 @@ class DistilledDualEncoder(Method):
         t = targets[self.teacher_name]
         sp, tp = out.cross_attention.text_to_image.shape[-1], t["t2i"].shape[-1]
         sh, th = out.cross_attention.text_to_image.shape[1], t["t2i"].shape[2]
+        self._map_teacher_logits(out, targets)
         if (sp, sh) != (tp, th):
             raise ConfigError(
                 f"dide: student last layer has {sh} heads x {sp} image tokens, teacher {th} heads x {tp}; "
@@ -337,8 +376,9 @@ class DistilledDualEncoder(Method):
         }
         if self.logit_weight > 0:
             kind = "sigmoid" if TASK_KINDS[self.task] == "multilabel" else "softmax"
+            teacher = self.teacher_logits(self.teacher_name, t["logits"]).to(out.logits.dtype)
             terms["logits/soft_labels"] = self.logit_weight * logit_kd(
-                out.logits, t["logits"].to(out.logits.dtype), kind=kind, temperature=self.cfg.temperature
+                out.logits, teacher, kind=kind, temperature=self.cfg.temperature
             )
         return terms
 
@@ -348,10 +388,11 @@ class DistilledDualEncoder(Method):
                 "temperature": c.temperature}
 
 
-def build_method(cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str) -> Method:
-    """The registered method named by ``cfg.name``."""
+def build_method(cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
+                 answers: Sequence[str] | None = None) -> Method:
+    """The registered method named by ``cfg.name`` (``answers``: the student's VQA answer vocabulary)."""
     try:
         cls = REGISTRY[cfg.name]
     except KeyError:
         raise ConfigError(f"unknown method '{cfg.name}'; fix: use one of {', '.join(sorted(REGISTRY))}") from None
-    return cls(cfg, teachers, task)
+    return cls(cfg, teachers, task, answers)

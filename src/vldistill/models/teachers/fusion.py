@@ -37,6 +37,14 @@ class FusionTeacher(Teacher):
         self.freeze()
 
     @property
+    def answers(self) -> list[str] | None:
+        """The VQA answer of each logit (``id2label``), None for the other tasks."""
+        if self.task != "vqa":
+            return None
+        config = self.student.config
+        return [config.id2label[i] for i in range(config.num_labels)]
+
+    @property
     def task(self) -> str:
         return self.student.task
 
