@@ -5,7 +5,6 @@ Each ``write_<task>`` writes two to four records and their images under a root, 
 costs milliseconds; :func:`run_cli` runs ``vldistill ARGS`` through the console script's entry point.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -254,5 +253,3 @@ def write_config(path: Path, tree: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(tree), encoding="utf-8")
     return path
-
-

@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from reliability.bad_corpus import ALL_CASES, DATA_CASES, BadInput
 from reliability.corpus_files import (
-    ALL_CASES,
-    DATA_CASES,
     VQA_SPLIT,
-    BadInput,
     CliResult,
     assert_one_line_error,
     edit_json,
@@ -131,7 +129,7 @@ def test_training_with_skip_bad_says_what_it_skipped(tmp_path: Path, monkeypatch
 
 @pytest.fixture(scope="module")
 def built_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A teacher cache built by ``vldistill cache build`` for a tiny MAD config: (config, cache key folder)."""
+    """A cache built by ``vldistill cache build`` for a tiny MAD config: (config, cache key folder)."""
     folder = tmp_path_factory.mktemp("teacher-cache")
     tree = tiny_tree(
         "snli_ve",
