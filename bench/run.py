@@ -38,6 +38,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs
 from transformers import get_linear_schedule_with_warmup
+from transformers.utils import logging as hf_logging
 
 from vldistill.cache import open_teacher_cache
 from vldistill.config import ExperimentConfig, parse_config
@@ -322,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, help="timed rounds per case (overrides the setting)")
     args = parser.parse_args(argv)
+    hf_logging.set_verbosity_error()  # the packaged MiniLM's unused-pooler load report is not news here
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     setting = QUICK if args.quick else FULL
     if args.repeats:

@@ -66,7 +66,8 @@ def test_quick_run_writes_every_figure(bench, tmp_path, monkeypatch):
         assert fig["meets_target"] is None if target is None else isinstance(fig["meets_target"], bool)
         assert fig["target"] == (None if target is None else f"{target[0]} {target[1]}")
     medians = result["medians"]
-    assert set(medians["train_step_ms_wall"]) == {"train_none", "train_mad_cache", "train_mad_live", "bare_none"}
+    assert set(medians["train_step_ms_wall"]) == {"train_none", "train_mad_cache", "train_mad_live",
+                                                  "bare_none"}
     assert set(medians["inference_ms_per_question_cpu"]) == {"fusion", "dual_precomputed", "dual_amortized",
                                                             "dual_cold"}
     assert all(v > 0 for group in medians.values() for v in group.values())
