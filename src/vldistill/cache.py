@@ -49,24 +49,27 @@ class _Shard:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
+            size = path.stat().st_size
             with path.open("rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
+                if length > size - 8:
+                    raise ValueError(f"header length {length} runs past the end of the file")
                 header = json.loads(f.read(length))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+            meta = header.pop("__metadata__", {})
+            self.uids: list[str] = json.loads(meta.get("uids", "[]"))
+            entries = [(name, info["data_offsets"], info["dtype"], tuple(info["shape"])) for name, info in header.items()]
+        except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError) as err:
             raise DataError(path, None, f"unreadable cache shard ({err})",
                             "delete the cache folder (or run `vldistill cache build`) to rebuild it") from err
-        meta = header.pop("__metadata__", {})
-        self.uids: list[str] = json.loads(meta.get("uids", "[]"))
         base = 8 + length
         self.arrays: dict[str, np.ndarray] = {}
-        size = path.stat().st_size
-        for name, info in header.items():
-            start, end = info["data_offsets"]
-            dtype = _DTYPES.get(info["dtype"])
+        for name, (start, end), dtype_name, shape in entries:
+            dtype = _DTYPES.get(dtype_name)
             if dtype is None or base + end > size:
                 raise DataError(path, name, "truncated or unsupported tensor in cache shard",
                                 "delete the cache folder to rebuild it")
-            shape = tuple(info["shape"])
             self.arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
 
 
@@ -90,6 +93,13 @@ class TeacherCache:
             names = meta["shards"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(meta_path, None, f"unreadable cache index ({err})", "delete the cache folder") from err
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(meta_path, None, "unreadable cache index ('shards' is not a list of file names)",
+                            "delete the cache folder")
+        for name in names:
+            if Path(name).name != name or not name.startswith("shard-"):
+                raise DataError(meta_path, None, f"unreadable cache index (shard {name!r} points outside the cache folder)",
+                                "delete the cache folder")
         for i, name in enumerate(names):
             shard = _Shard(self.folder / name)
             self.shards.append(shard)

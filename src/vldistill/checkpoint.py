@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import torch
@@ -59,6 +60,13 @@ def _weights(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
             for k, v in m.state_dict().items()}
 
 
+def _remove(path: Path) -> None:
+    """Delete a checkpoint folder atomically: renamed out of ``step-*`` first, then deleted."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def save_checkpoint(
     root: Path, step: int, modules: dict[str, nn.Module], state: dict[str, Any], keep: int = 2,
     before_publish: Callable[[Path], None] | None = None,
@@ -82,11 +90,11 @@ def save_checkpoint(
     if before_publish is not None:
         before_publish(tmp)
     if final.exists():
-        shutil.rmtree(final)
+        _remove(final)
     tmp.rename(final)
     _fsync_dir(root)
     for old in sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
 
 
@@ -127,11 +135,15 @@ def load_latest(root: Path, modules: dict[str, nn.Module]) -> LoadedCheckpoint |
         if problem:
             skipped.append(f"{path.name}: {problem}")
             continue
+        try:
+            state = torch.load(path / "state.pt", weights_only=True)
+        except (UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+            skipped.append(f"{path.name}: state.pt cannot be loaded safely ({str(err).splitlines()[0][:120]})")
+            continue
         weights = load_file(str(path / "weights.safetensors"))
         for name, module in modules.items():
             sub = {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}
             module.load_state_dict(sub)
-        state = torch.load(path / "state.pt", weights_only=True)
         return LoadedCheckpoint(path, int(path.name[len(PREFIX):]), state, skipped)
     if skipped:
         return LoadedCheckpoint(root, -1, {}, skipped)

@@ -131,7 +131,12 @@ def parse_config(raw: Any, source: str = "config", overrides: list[str] | None =
         if "=" not in item:
             raise ConfigError(f"override '{item}' has no '='; fix: write key.path=value, e.g. train.epochs=1")
         key, value = item.split("=", 1)
-        _set_path(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {key.strip()}: value {value!r} is not valid YAML "
+                              f"({getattr(err, 'problem', err)}); fix: quote it or correct it") from None
+        _set_path(raw, key.strip(), parsed)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:

@@ -7,6 +7,7 @@ and models.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from vldistill.config import DataConfig, ExperimentConfig, cache_dir
 from vldistill.data.examples import TaskExample
-from vldistill.data.readers import read_task
+from vldistill.data.readers import read_task, read_task_report
 from vldistill.data.records import Record
 from vldistill.data.subsets import apply_manifest, low_shot, write_manifest
 from vldistill.data.tasks import ExampleBuilder
@@ -43,6 +44,18 @@ def resolve_root(root: str, style: str, task: str, scale: float) -> Path:
     if not path.is_dir():
         raise ConfigError(f"data.root '{root}' is not a folder; fix: give the dataset root, or 'world'")
     return path
+
+
+def _read(task: str, root: Path, split: str, skip_bad: bool) -> list[Record]:
+    """A split's records; with ``skip_bad`` defective records are skipped and listed on stderr."""
+    if not skip_bad:
+        return read_task(task, root, split)
+    records, skipped = read_task_report(task, root, split)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} bad record(s) of {task} {split} at {root}:", file=sys.stderr)
+        for line in skipped.lines():
+            print(f"  {line}", file=sys.stderr)
+    return records
 
 
 def _first_records(examples: list[TaskExample], n: int) -> list[TaskExample]:
@@ -96,7 +109,7 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
     """Read the splits, build examples, draw the low-shot subset and save its manifest in ``out_dir``."""
     train_split, eval_split = cfg.splits()
     root = resolve_root(cfg.root, cfg.style, cfg.task, cfg.world_scale)
-    train_records = read_task(cfg.task, root, train_split, skip_bad=cfg.skip_bad)
+    train_records = _read(cfg.task, root, train_split, cfg.skip_bad)
     builder = ExampleBuilder(cfg.task, train_records, min_answer_count=cfg.min_answer_count)
     train = builder(train_records)
     if cfg.max_train:  # a cap on the training set itself: low-shot fractions are fractions of it
@@ -115,7 +128,7 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
     if cfg.shift_root:
         roots["shifted"] = resolve_root(cfg.shift_root, cfg.style, cfg.task, cfg.world_scale)
     for name, r in roots.items():
-        records = read_task(cfg.task, r, eval_split, skip_bad=cfg.skip_bad)
+        records = _read(cfg.task, r, eval_split, cfg.skip_bad)
         examples = builder(records)
         if cfg.max_eval:
             examples = _first_records(examples, cfg.max_eval)

@@ -8,6 +8,7 @@ problem).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -373,7 +374,7 @@ def _config_case(
     expect: Callable[[Path], tuple[str, ...]],
 ) -> BadInput:
     def build(folder: Path) -> list[str]:
-        tree = tiny_tree("snli_ve")
+        tree = copy.deepcopy(tiny_tree("snli_ve"))
         tree = change(tree, folder) or tree
         path = write_config(folder / "config.yaml", tree)
         return [

@@ -11,6 +11,7 @@ the dataset root.
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import hashlib
 import json
@@ -144,7 +145,7 @@ IMPORT_PATHS = [
 def test_config_naming_an_import_path_is_rejected(
     section: str, key: str, value: str, tmp_path, monkeypatch, capsys
 ) -> None:
-    tree = tiny_tree("snli_ve")
+    tree = copy.deepcopy(tiny_tree("snli_ve"))
     tree[section][key] = value
     with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be"):
         parse_config(tree, "attack.yaml")
@@ -153,7 +154,7 @@ def test_config_naming_an_import_path_is_rejected(
 
 
 def test_teacher_kind_naming_an_import_path_is_rejected() -> None:
-    tree = tiny_tree("snli_ve", "mad", ("text",))
+    tree = copy.deepcopy(tiny_tree("snli_ve", "mad", ("text",)))  # the teacher entries are shared
     tree["method"]["teachers"]["text"]["kind"] = "os.system"
     with pytest.raises(ConfigError, match=r"method\.teachers\.text\.kind"):
         parse_config(tree, "attack.yaml")

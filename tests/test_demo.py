@@ -1,0 +1,34 @@
+"""``vldistill demo --quick``: the embedded default end to end (world, teachers, protocol, DiDE, report)."""
+
+from __future__ import annotations
+
+import json
+
+from vldistill.demo import run_demo
+from vldistill.protocol import read_results
+
+
+def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
+    out = tmp_path / "demo"
+    report = run_demo(out, quick=True)
+    text = report.read_text()
+    for heading in ("vqa", "snli_ve", "Where distillation did not help"):
+        assert heading in text
+    rows = read_results(out / "results.jsonl")
+    runs = {(r["task"], r["condition"], r["label"]) for r in rows if r["split"] == "eval"}
+    # 2 tasks x (2 conditions x 4 fusion methods + the plain and the DiDE dual encoder on full)
+    assert len(runs) == 2 * (2 * 4 + 2)
+    assert {r["condition"] for r in rows} == {"full", "lowshot-0.5", "shift"}
+    assert {(r["student"], r["method"]) for r in rows} == {
+        ("fusion", "none"), ("fusion", "kd"), ("fusion", "clip_td"), ("fusion", "mad"), ("dual", "none"),
+        ("dual", "dide")}
+    assert all(0 <= r["value"] <= 100 for r in rows)
+    assert (out / "summary.csv").is_file() and list(out.glob("*.png"))
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["quick"] and demo["demo_clip"]["stats"]["pairs"] > 0
+    printed = capsys.readouterr().out
+    assert "vqa (vqa_accuracy)" in printed and "snli_ve (accuracy)" in printed
+    # a second invocation finds every run done: nothing is trained again
+    before = (out / "results.jsonl").read_text()
+    run_demo(out, quick=True)
+    assert (out / "results.jsonl").read_text() == before
