@@ -47,7 +47,7 @@ from vldistill.experiment import Built, DataBundle, build_models, load_data, stu
 from vldistill.models.dual import TowerEncoding
 from vldistill.models.heads import task_loss
 from vldistill.models.students import StudentConfig, build_student
-from vldistill.train import DistillModel, _teacher_targets, _to_device
+from vldistill.train import DistillModel, teacher_targets_for_batch, batch_to_device, build_optimizer, train_step
 
 STUDENT = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 512,
            "image_size": 64, "patch_size": 8}
@@ -138,7 +138,7 @@ def _train_batches(data: DataBundle, built: Built, setting: Setting, device: tor
     collate = collate_fn(built.processor, data.task, data.builder.answers or None)
     loader = torch.utils.data.DataLoader(ExampleDataset(data.train, ImageStore()),
                                          batch_size=setting.batch_size, collate_fn=collate, drop_last=True)
-    return [_to_device(b, device) for b in itertools.islice(loader, setting.train_batches)]
+    return [batch_to_device(b, device) for b in itertools.islice(loader, setting.train_batches)]
 
 
 def vldistill_step(cfg: ExperimentConfig, data: DataBundle, batches: list[Batch], accelerator: Accelerator,
@@ -154,31 +154,18 @@ def vldistill_step(cfg: ExperimentConfig, data: DataBundle, batches: list[Batch]
         cache = open_teacher_cache(cfg, data, built.method, store=ImageStore())
     with torch.no_grad():
         sample = built.student(batches[0].student, output_cross_attention=built.method.needs_cross_attention)
-    built.method.setup(sample, _teacher_targets(built, batches[0], cache, device))
+    built.method.setup(sample, teacher_targets_for_batch(built, batches[0], cache, device))
     built.method.projections.to(device)
     model = DistillModel(built.student, built.method)
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, fused=True)
+    optimizer = build_optimizer(model, tc)
     scheduler = get_linear_schedule_with_warmup(optimizer, 10, 100_000)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     cycle = itertools.cycle(batches)
 
     def step() -> None:
-        batch = _to_device(next(cycle), device)
-        targets = _teacher_targets(built, batch, cache, device)
-        with accelerator.accumulate(model), accelerator.autocast():
-            _, terms = model(batch, targets)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError("benchmark loss is not finite")
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and tc.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+        batch = batch_to_device(next(cycle), device)
+        targets = teacher_targets_for_batch(built, batch, cache, device)
+        _, terms = train_step(model, batch, targets, accelerator, optimizer, scheduler, tc)
         for v in terms.values():  # the loop's per-term bookkeeping
             float(v.detach())
 

@@ -287,7 +287,8 @@ def test_clip_td_presets_plan_with_stand_ins(name: str, standins: dict[str, dict
     assert set(links) == {"feature/clip/image", "feature/clip/text"}
     image, text = links["feature/clip/image"], links["feature/clip/text"]
     # CLIP's 6 x 6 patch grid pooled onto ViLT's 4 x 4, each side projected to CLIP's width
-    assert image["teacher"].endswith("pooled to 4x4") and "x36x48" in image["teacher"]
+    assert image["teacher"].endswith("(6x6)") and "x36x48" in image["teacher"]
+    assert image["student"].endswith("compared on 4x4")
     assert image["projection"] == text["projection"] == f"Linear({STUDENT_HIDDEN}->{CLIP_HIDDEN})"
     assert image["selected_max"] == 8  # ratio 0.5 of 16 image tokens
     assert 1 <= text["selected_min"] <= text["selected_max"] <= 32
@@ -306,7 +307,7 @@ def test_mad_presets_plan_with_stand_ins(name: str, standins: dict[str, dict[str
     links = _links(plan)
     assert set(links) == {"feature/vision/image", "feature/text/text"}
     assert links["feature/vision/image"]["projection"] == f"Linear({STUDENT_HIDDEN}->{CLIP_HIDDEN})"
-    assert links["feature/vision/image"]["teacher"].endswith("pooled to 4x4")
+    assert links["feature/vision/image"]["student"].endswith("compared on 4x4")
     assert links["feature/text/text"]["projection"] == f"Linear({STUDENT_HIDDEN}->{ROBERTA_HIDDEN})"
     assert links["feature/vision/image"]["selected_max"] == 8
     assert plan.method["selection"] == "student_cls" and plan.method["weighting"] == "student_confidence"

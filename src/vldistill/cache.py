@@ -116,11 +116,18 @@ class TeacherCache:
         except KeyError as err:
             raise DataError(self.folder, f"uid {err.args[0]}", "example missing from the teacher cache",
                             "run `vldistill cache build` with this config") from None
-        names = list(self.shards[where[0][0]].arrays)
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for position, (shard, row) in enumerate(where):
+            positions, rows = groups.setdefault(shard, ([], []))
+            positions.append(position)
+            rows.append(row)
         out: dict[str, dict[str, torch.Tensor]] = {}
-        for name in names:
-            rows = np.stack([self.shards[s].arrays[name][r] for s, r in where])
-            t = torch.from_numpy(rows)
+        for name in self.shards[where[0][0]].arrays:
+            first = self.shards[where[0][0]].arrays[name]
+            values = np.empty((len(where), *first.shape[1:]), dtype=first.dtype)
+            for shard, (positions, rows) in groups.items():  # one fancy-indexed read per shard
+                values[positions] = self.shards[shard].arrays[name][rows]
+            t = torch.from_numpy(values)
             if t.dtype == torch.float16:
                 t = t.float()
             teacher, field = name.split("/", 1)

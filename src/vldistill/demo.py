@@ -43,7 +43,12 @@ def run_demo(out: Path, *, quick: bool = False, spec_path: Path | None = None, p
     from vldistill.protocol import ProtocolConfig, run_protocol
     from vldistill.report import summary_table, write_report
 
+    import torch
+
     t0 = time.perf_counter()
+    # One intra-op thread: these models are small, and on a busy 2-core machine two OpenMP threads
+    # spin-wait on each other (measured here: steps up to 20x slower under load).
+    torch.set_num_threads(1)
     spec_path = spec_path or PRESETS_DIR / ("demo-quick.yaml" if quick else "demo.yaml")
     raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     clip_settings = raw.pop("demo_clip", {}) or {}

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from vldistill.config import ExperimentConfig
 from vldistill.data.loader import ExampleDataset, collate_fn
-from vldistill.distill.methods import FeatureDistillation
+from vldistill.distill.methods import FeatureDistillation, comparison_grid
 from vldistill.errors import ConfigError
 from vldistill.experiment import build_models, load_data
 from vldistill.models.heads import task_loss
@@ -72,11 +72,15 @@ def make_plan(cfg: ExperimentConfig, batch_size: int = 4) -> Plan:
                 name, modality = term.split("/")
                 proj = method.projections[f"{name}_{modality}"]
                 counts = sel.sum(dim=1).float()
-                source = (f"{name}.image_tokens {_shape(targets[name]['image_tokens'])} pooled to "
-                          f"{out.image_grid[0]}x{out.image_grid[1]}" if modality == "image"
-                          else f"{name}.text_words {_shape(targets[name]['text_words'])}")
-                student_side = (f"student.image_tokens {_shape(out.image_tokens)}" if modality == "image"
-                                else f"student.text_tokens {_shape(out.text_tokens)} pooled by word")
+                if modality == "image":
+                    grid = tuple(int(v) for v in targets[name]["image_grid"][0])
+                    cells = comparison_grid(grid, out.image_grid)
+                    source = f"{name}.image_tokens {_shape(targets[name]['image_tokens'])} ({grid[0]}x{grid[1]})"
+                    student_side = (f"student.image_tokens {_shape(out.image_tokens)} "
+                                    f"({out.image_grid[0]}x{out.image_grid[1]}); compared on {cells[0]}x{cells[1]}")
+                else:
+                    source = f"{name}.text_words {_shape(targets[name]['text_words'])}"
+                    student_side = f"student.text_tokens {_shape(out.text_tokens)} pooled by word"
                 plan.links.append({"term": f"feature/{term}", "teacher": source, "student": student_side,
                                    "projection": f"Linear({proj.in_features}->{proj.out_features})",
                                    "compared": _shape(tt), "selected_min": int(counts.min()),

@@ -179,3 +179,16 @@ def test_vqa_teacher_logits_are_matched_to_student_answers_by_name():
     ve = Method(MethodConfig(), {"vilt": SimpleNamespace(kind="fusion", answers=None)}, "snli_ve")
     with pytest.raises(ConfigError, match="has 2 classes, the student 3"):
         ve._map_teacher_logits(out, {"vilt": {"logits": torch.zeros(1, 2)}})
+
+
+def test_coarser_teacher_grid_pools_the_student_onto_it():
+    from vldistill.distill.methods import comparison_grid
+
+    assert comparison_grid((2, 2), (4, 4)) == (2, 2)
+    assert comparison_grid((7, 7), (4, 4)) == (4, 4)
+    tree = tiny_tree("snli_ve", "mad", ("vision",))
+    tree["method"]["teachers"]["vision"] = {**tree["method"]["teachers"]["vision"], "image_size": 16}  # 2x2 map
+    plan = make_plan(parse_config(tree, "t"))
+    image = plan.links[0]
+    assert image["student"].endswith("compared on 2x2") and image["compared"].endswith("x4x32")
+    assert image["selected_max"] <= 4

@@ -153,6 +153,15 @@ class Method(nn.Module):
 register("none")(Method)
 
 
+def comparison_grid(teacher: tuple[int, int], student: tuple[int, int]) -> tuple[int, int]:
+    """The grid on which image tokens are compared: the coarser of the two (``align.py``).
+
+    Pooling the finer side down, not stretching the coarser up, keeps the loss honest (no copied
+    cells) and cheap: EfficientNet's 2x2 map at 64 px is compared on 4 cells, not on 64 stretched ones.
+    """
+    return teacher if teacher[0] * teacher[1] < student[0] * student[1] else student
+
+
 def _gold_probability(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``(B,)`` the student's own probability of the gold answer, detached."""
     logits = logits.detach().float()
@@ -252,15 +261,19 @@ class FeatureDistillation(Method):
         for name, t in targets.items():
             if "image_tokens" in t:
                 grid = tuple(int(v) for v in t["image_grid"][0])
-                flat = t["image_tokens"].flatten(0, 1)[img_ix]
-                teacher = pool_grid(flat, grid, out.image_grid)
+                cells = comparison_grid(grid, out.image_grid)
+                teacher = pool_grid(t["image_tokens"].flatten(0, 1)[img_ix], grid, cells)
+                student = pool_grid(out.image_tokens, out.image_grid, cells)
+                mask = pool_grid(out.image_mask.float().unsqueeze(-1), out.image_grid, cells).squeeze(-1) > 0
+                cls_cells = None
+                if cls_image is not None:
+                    cls_cells = pool_grid(cls_image.unsqueeze(-1), out.image_grid, cells).squeeze(-1)
                 scores = None
                 if "image_token_embeds" in t and "text_embeds" in t:
-                    tok = pool_grid(t["image_token_embeds"].flatten(0, 1)[img_ix], grid, out.image_grid)
+                    tok = pool_grid(t["image_token_embeds"].flatten(0, 1)[img_ix], grid, cells)
                     scores = relevance(tok, t["text_embeds"].flatten(0, 1)[txt_ix])
-                mask = out.image_mask
-                sel = self._select("image", cls_image, scores, mask)
-                yield f"{name}/image", self.projections[f"{name}_image"](out.image_tokens), teacher, sel
+                sel = self._select("image", cls_cells, scores, mask)
+                yield f"{name}/image", self.projections[f"{name}_image"](student), teacher, sel
             if "text_words" in t:
                 w = self.cfg.max_words
                 student_words, student_mask = pool_words(out.text_tokens, out.text_word_index, w)
