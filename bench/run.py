@@ -47,10 +47,16 @@ from vldistill.experiment import Built, DataBundle, build_models, load_data, stu
 from vldistill.models.dual import TowerEncoding
 from vldistill.models.heads import task_loss
 from vldistill.models.students import StudentConfig, build_student
-from vldistill.train import DistillModel, teacher_targets_for_batch, batch_to_device, build_optimizer, train_step
+from vldistill.train import DistillModel, batch_to_device, build_optimizer, teacher_targets_for_batch, train_step
 
-STUDENT = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 512,
-           "image_size": 64, "patch_size": 8}
+STUDENT = {
+    "hidden_size": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 512,
+    "image_size": 64,
+    "patch_size": 8,
+}
 REAL_TEACHERS = {
     "vision": {"kind": "vision", "pretrained": "efficientnet-lite0", "image_size": 64},
     "text": {"kind": "text", "pretrained": "minilm"},
@@ -102,8 +108,9 @@ class Timings:
         return {n: round(1000 * statistics.median(t) / per, 3) for n, t in getattr(self, clock).items()}
 
 
-def interleaved_times(cases: dict[str, Callable[[], object]], *, repeats: int, warmup: int,
-                      sync: Callable[[], None] = lambda: None) -> Timings:
+def interleaved_times(
+    cases: dict[str, Callable[[], object]], *, repeats: int, warmup: int, sync: Callable[[], None] = lambda: None
+) -> Timings:
     """Time each case over ``repeats`` rounds; round ``r`` runs the cases starting at number ``r mod n``.
 
     ``warmup`` untimed rounds come first; ``sync`` (e.g. ``torch.cuda.synchronize``) runs before
@@ -112,7 +119,7 @@ def interleaved_times(cases: dict[str, Callable[[], object]], *, repeats: int, w
     names = list(cases)
     timings = Timings({n: [] for n in names}, {n: [] for n in names})
     for r in range(warmup + repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             sync()
             wall, cpu = time.perf_counter(), time.process_time()
             cases[name]()
@@ -125,24 +132,29 @@ def interleaved_times(cases: dict[str, Callable[[], object]], *, repeats: int, w
 
 def experiment_config(method: str, setting: Setting, cache_dir: Path) -> ExperimentConfig:
     """The benchmark's VQA experiment on the generated world (``mad`` uses ``setting.teachers``)."""
-    return parse_config({
-        "data": {"task": "vqa", "root": "world", "world_scale": setting.world_scale},
-        "student": dict(setting.student),
-        "method": {"name": method, "teachers": setting.teachers if method == "mad" else {}},
-        "train": {"batch_size": setting.batch_size},
-        "cache": {"enabled": method == "mad", "dir": str(cache_dir)},
-    }, "bench")
+    return parse_config(
+        {
+            "data": {"task": "vqa", "root": "world", "world_scale": setting.world_scale},
+            "student": dict(setting.student),
+            "method": {"name": method, "teachers": setting.teachers if method == "mad" else {}},
+            "train": {"batch_size": setting.batch_size},
+            "cache": {"enabled": method == "mad", "dir": str(cache_dir)},
+        },
+        "bench",
+    )
 
 
 def _train_batches(data: DataBundle, built: Built, setting: Setting, device: torch.device) -> list[Batch]:
     collate = collate_fn(built.processor, data.task, data.builder.answers or None)
-    loader = torch.utils.data.DataLoader(ExampleDataset(data.train, ImageStore()),
-                                         batch_size=setting.batch_size, collate_fn=collate, drop_last=True)
+    loader = torch.utils.data.DataLoader(
+        ExampleDataset(data.train, ImageStore()), batch_size=setting.batch_size, collate_fn=collate, drop_last=True
+    )
     return [batch_to_device(b, device) for b in itertools.islice(loader, setting.train_batches)]
 
 
-def vldistill_step(cfg: ExperimentConfig, data: DataBundle, batches: list[Batch], accelerator: Accelerator,
-                   *, use_cache: bool) -> Callable[[], None]:
+def vldistill_step(
+    cfg: ExperimentConfig, data: DataBundle, batches: list[Batch], accelerator: Accelerator, *, use_cache: bool
+) -> Callable[[], None]:
     """One optimizer step per call on the very path of ``vldistill.train`` (batches cycled)."""
     device, tc = accelerator.device, cfg.train
     built = build_models(cfg, data)
@@ -172,15 +184,17 @@ def vldistill_step(cfg: ExperimentConfig, data: DataBundle, batches: list[Batch]
     return step
 
 
-def bare_step(cfg: ExperimentConfig, data: DataBundle, batches: list[Batch],
-              device: torch.device) -> Callable[[], None]:
+def bare_step(
+    cfg: ExperimentConfig, data: DataBundle, batches: list[Batch], device: torch.device
+) -> Callable[[], None]:
     """The same student and batches in a plain PyTorch loop: forward, task loss, backward, AdamW.
 
     The optimizer is the trainer's (fused AdamW), so the ratio measures the trainer, not the kernel.
     """
     student = build_models(cfg, data).student.to(device)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                  fused=True)
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True
+    )
     cycle = itertools.cycle(batches)
 
     def step() -> None:
@@ -193,14 +207,16 @@ def bare_step(cfg: ExperimentConfig, data: DataBundle, batches: list[Batch],
     return step
 
 
-def training_cases(setting: Setting, data: DataBundle, workdir: Path,
-                   device: torch.device) -> dict[str, Callable[[], None]]:
+def training_cases(
+    setting: Setting, data: DataBundle, workdir: Path, device: torch.device
+) -> dict[str, Callable[[], None]]:
     """The four training steps, each with its own student (same initial weights) and optimizer."""
     none_cfg = experiment_config("none", setting, workdir / "teachers")
     mad_cfg = experiment_config("mad", setting, workdir / "teachers")
     batches = _train_batches(data, build_models(none_cfg, data), setting, device)
     accelerator = Accelerator(
-        mixed_precision="no", dataloader_config=DataLoaderConfiguration(split_batches=True),
+        mixed_precision="no",
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         cpu=device.type == "cpu",
     )
@@ -212,8 +228,7 @@ def training_cases(setting: Setting, data: DataBundle, workdir: Path,
     }
 
 
-def inference_cases(setting: Setting, data: DataBundle,
-                    device: torch.device) -> dict[str, Callable[[], object]]:
+def inference_cases(setting: Setting, data: DataBundle, device: torch.device) -> dict[str, Callable[[], object]]:
     """VQA answering of ``images x questions_per_image`` questions per call by each student.
 
     The dual encoder and ViLT have the same width, depth and patch grid (each dual tower as deep as
@@ -257,23 +272,28 @@ def run_benchmarks(setting: Setting, workdir: Path, device: torch.device) -> dic
     """Time every case; return the figures and the medians (ms per step; ms per question)."""
     data = load_data(experiment_config("none", setting, workdir).data)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    train = interleaved_times(training_cases(setting, data, workdir, device), repeats=setting.repeats,
-                              warmup=setting.warmup, sync=sync)
-    infer = interleaved_times(inference_cases(setting, data, device), repeats=setting.repeats,
-                              warmup=setting.warmup, sync=sync)
+    train = interleaved_times(
+        training_cases(setting, data, workdir, device), repeats=setting.repeats, warmup=setting.warmup, sync=sync
+    )
+    infer = interleaved_times(
+        inference_cases(setting, data, device), repeats=setting.repeats, warmup=setting.warmup, sync=sync
+    )
     questions = setting.images * setting.questions_per_image
     clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)
     groups = (("train_step_ms", train, 1), ("inference_ms_per_question", infer, questions))
-    medians = {f"{group}_{clock}": timings.median_ms(clock, per)
-               for group, timings, per in groups for clock in clocks}
+    medians = {f"{group}_{clock}": timings.median_ms(clock, per) for group, timings, per in groups for clock in clocks}
     figures = {}
     for name, num, den, target in FIGURES:
         timings = train if num in train.wall else infer
         value = timings.ratio(num, den)
         meets = None if target is None else (value <= target[1] if target[0] == "<=" else value >= target[1])
-        figures[name] = {"value": round(value, 4), "numerator": num, "denominator": den,
-                         "target": None if target is None else f"{target[0]} {target[1]}",
-                         "meets_target": meets}
+        figures[name] = {
+            "value": round(value, 4),
+            "numerator": num,
+            "denominator": den,
+            "target": None if target is None else f"{target[0]} {target[1]}",
+            "meets_target": meets,
+        }
         if "cpu" in clocks:
             figures[name]["cpu_time_value"] = round(timings.ratio(num, den, "cpu"), 4)
     return {"figures": figures, "medians": medians}
@@ -287,8 +307,7 @@ def demo_seconds(timeout: int = 3600) -> float | str:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         try:
-            proc = subprocess.run([*cli, "demo", "--out", out], capture_output=True, text=True,
-                                  timeout=timeout)
+            proc = subprocess.run([*cli, "demo", "--out", out], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return f"timed out after {timeout} s"
         elapsed = time.perf_counter() - start
@@ -299,11 +318,15 @@ def demo_seconds(timeout: int = 3600) -> float | str:
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, RAM, library versions and device name."""
-    info: dict[str, Any] = {"nproc": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-                            "torch": torch.__version__}
+    info: dict[str, Any] = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith("model name")), None)
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), None
+    )
     info["cpu"] = model or platform.processor()
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     kb = next((int(line.split()[1]) for line in meminfo.splitlines() if line.startswith("MemTotal")), 0)
@@ -332,9 +355,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     with tempfile.TemporaryDirectory(prefix="vldistill-bench-") as workdir:
         result = run_benchmarks(setting, Path(workdir), device)
-    result = {"command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
-              "date": started, "device": str(device), "threads": torch.get_num_threads(),
-              "machine": machine(), "setting": asdict(setting), **result}
+    result = {
+        "command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": started,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "machine": machine(),
+        "setting": asdict(setting),
+        **result,
+    }
     if not args.quick:
         result["demo_seconds"] = "skipped (--skip-demo)" if args.skip_demo else demo_seconds()
     for name, fig in result["figures"].items():

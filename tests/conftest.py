@@ -21,4 +21,3 @@ def vldistill_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("VLDISTILL_CACHE", None)
     else:
         os.environ["VLDISTILL_CACHE"] = old
-

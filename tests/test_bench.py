@@ -42,9 +42,16 @@ def test_ratio_is_of_medians(bench):
 
 
 def test_quick_run_writes_every_figure(bench, tmp_path, monkeypatch):
-    tiny = replace(bench.QUICK, student=dict(TINY_STUDENT),
-                   teachers={"vision": TEACHERS["vision"], "text": TEACHERS["text"]},
-                   batch_size=8, train_batches=2, images=2, repeats=2, warmup=1)
+    tiny = replace(
+        bench.QUICK,
+        student=dict(TINY_STUDENT),
+        teachers={"vision": TEACHERS["vision"], "text": TEACHERS["text"]},
+        batch_size=8,
+        train_batches=2,
+        images=2,
+        repeats=2,
+        warmup=1,
+    )
     monkeypatch.setattr(bench, "QUICK", tiny)
     threads = torch.get_num_threads()
     out = tmp_path / "bench.json"
@@ -66,8 +73,11 @@ def test_quick_run_writes_every_figure(bench, tmp_path, monkeypatch):
         assert fig["meets_target"] is None if target is None else isinstance(fig["meets_target"], bool)
         assert fig["target"] == (None if target is None else f"{target[0]} {target[1]}")
     medians = result["medians"]
-    assert set(medians["train_step_ms_wall"]) == {"train_none", "train_mad_cache", "train_mad_live",
-                                                  "bare_none"}
-    assert set(medians["inference_ms_per_question_cpu"]) == {"fusion", "dual_precomputed", "dual_amortized",
-                                                            "dual_cold"}
+    assert set(medians["train_step_ms_wall"]) == {"train_none", "train_mad_cache", "train_mad_live", "bare_none"}
+    assert set(medians["inference_ms_per_question_cpu"]) == {
+        "fusion",
+        "dual_precomputed",
+        "dual_amortized",
+        "dual_cold",
+    }
     assert all(v > 0 for group in medians.values() for v in group.values())

@@ -20,8 +20,13 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     assert len(runs) == 2 * (2 * 4 + 2)
     assert {r["condition"] for r in rows} == {"full", "lowshot-0.5", "shift"}
     assert {(r["student"], r["method"]) for r in rows} == {
-        ("fusion", "none"), ("fusion", "kd"), ("fusion", "clip_td"), ("fusion", "mad"), ("dual", "none"),
-        ("dual", "dide")}
+        ("fusion", "none"),
+        ("fusion", "kd"),
+        ("fusion", "clip_td"),
+        ("fusion", "mad"),
+        ("dual", "none"),
+        ("dual", "dide"),
+    }
     assert all(0 <= r["value"] <= 100 for r in rows)
     assert (out / "summary.csv").is_file() and list(out.glob("*.png"))
     demo = json.loads((out / "demo.json").read_text())

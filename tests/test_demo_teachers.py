@@ -67,9 +67,7 @@ def test_stats_count_both_styles_and_hold_out_ten_percent(trained: tuple[Path, d
     assert set(stats["zero_shot_vqa"]) == {"base", "shifted"}
 
 
-def test_saved_teacher_loads_and_beats_its_initialisation(
-    world: Path, trained: tuple[Path, dict[str, Any]]
-) -> None:
+def test_saved_teacher_loads_and_beats_its_initialisation(world: Path, trained: tuple[Path, dict[str, Any]]) -> None:
     directory, _ = trained
     teacher = build_teacher(TeacherConfig(kind="clip", pretrained=str(directory)))
     assert isinstance(teacher, CLIPTeacher)
@@ -97,9 +95,7 @@ def test_saved_teacher_loads_and_beats_its_initialisation(
     assert loss(teacher.model) < loss(initial.model) - 0.5
 
 
-def test_same_seed_gives_the_same_weights(
-    world: Path, trained: tuple[Path, dict[str, Any]], tmp_path: Path
-) -> None:
+def test_same_seed_gives_the_same_weights(world: Path, trained: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     directory, stats = trained
     again = pretrain_clip(world, tmp_path / "again", epochs=2, **TINY)
     first = CLIPTeacher.from_pretrained(directory)
@@ -115,9 +111,7 @@ def test_max_pairs_takes_a_subset(world: Path, trained: tuple[Path, dict[str, An
     assert ids.shape == mask.shape and ids.shape[0] == 40
 
 
-def test_retrieval_chance_averages_over_ragged_batches(
-    trained: tuple[Path, dict[str, Any]], world: Path
-) -> None:
+def test_retrieval_chance_averages_over_ragged_batches(trained: tuple[Path, dict[str, Any]], world: Path) -> None:
     teacher = CLIPTeacher.from_pretrained(trained[0])
     pixels, ids, mask = load_caption_pairs(world, teacher.processor, max_pairs=100)
     accuracy, chance = retrieval_accuracy(teacher.model, pixels, ids, mask, batch_size=64)
@@ -125,9 +119,7 @@ def test_retrieval_chance_averages_over_ragged_batches(
     assert 0.0 <= accuracy <= 1.0
 
 
-def test_zero_shot_vqa_scores_every_answered_val_question(
-    world: Path, trained: tuple[Path, dict[str, Any]]
-) -> None:
+def test_zero_shot_vqa_scores_every_answered_val_question(world: Path, trained: tuple[Path, dict[str, Any]]) -> None:
     teacher = CLIPTeacher.from_pretrained(trained[0])
     result = zero_shot_vqa(teacher, world / "base" / "vqa")
     assert result["questions"] == len(read_vqa(world / "base" / "vqa", "val2014"))
@@ -159,9 +151,7 @@ def test_a_world_without_captions_is_a_config_error(tmp_path: Path) -> None:
         pretrain_clip(tmp_path, tmp_path / "out", **TINY)
 
 
-def test_a_malformed_caption_line_names_file_and_line(
-    tmp_path: Path, trained: tuple[Path, dict[str, Any]]
-) -> None:
+def test_a_malformed_caption_line_names_file_and_line(tmp_path: Path, trained: tuple[Path, dict[str, Any]]) -> None:
     captions = tmp_path / "base" / "captions" / "captions.jsonl"
     captions.parent.mkdir(parents=True)
     captions.write_text('{"image": "images/0.jpg", "caption": "A red circle."}\n{"image": 3}\n')

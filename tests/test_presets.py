@@ -42,15 +42,28 @@ from vldistill.plan import Plan, make_plan
 from vldistill.protocol import experiment, load_protocol
 
 REAL_PRESETS = {
-    "clip_td-vqa": "vqa", "clip_td-snli_ve": "snli_ve", "clip_td-vcr": "vcr",
-    "mad-vqa": "vqa", "mad-snli_ve": "snli_ve", "mad-vcr": "vcr",
-    "dide-vqa": "vqa", "dide-snli_ve": "snli_ve", "dide-nlvr2": "nlvr2",
+    "clip_td-vqa": "vqa",
+    "clip_td-snli_ve": "snli_ve",
+    "clip_td-vcr": "vcr",
+    "mad-vqa": "vqa",
+    "mad-snli_ve": "snli_ve",
+    "mad-vcr": "vcr",
+    "dide-vqa": "vqa",
+    "dide-snli_ve": "snli_ve",
+    "dide-nlvr2": "nlvr2",
     "vilt-snli_ve": "snli_ve",
 }
-SPLITS = {"vqa": ("train2014", "val2014"), "snli_ve": ("train", "dev"), "vcr": ("train", "val"),
-          "nlvr2": ("train", "dev")}
-DIDE_TEACHERS = {"vqa": "dandelin/vilt-b32-finetuned-vqa", "nlvr2": "dandelin/vilt-b32-finetuned-nlvr2",
-                 "snli_ve": "runs/vilt-snli_ve/final"}
+SPLITS = {
+    "vqa": ("train2014", "val2014"),
+    "snli_ve": ("train", "dev"),
+    "vcr": ("train", "val"),
+    "nlvr2": ("train", "dev"),
+}
+DIDE_TEACHERS = {
+    "vqa": "dandelin/vilt-b32-finetuned-vqa",
+    "nlvr2": "dandelin/vilt-b32-finetuned-nlvr2",
+    "snli_ve": "runs/vilt-snli_ve/final",
+}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -109,12 +122,18 @@ def test_real_presets_use_the_papers_settings(name: str) -> None:
     if method == "clip_td":
         assert teachers == {"clip": ("clip", "openai/clip-vit-base-patch16", 224)}
     elif method == "mad":
-        assert teachers == {"vision": ("vision", "openai/clip-vit-base-patch16", 224),
-                            "text": ("text", "FacebookAI/roberta-base", None)}
+        assert teachers == {
+            "vision": ("vision", "openai/clip-vit-base-patch16", 224),
+            "text": ("text", "FacebookAI/roberta-base", None),
+        }
     elif method == "dide":
         s = cfg.student
         assert (s.kind, s.image_pretrained, s.text_pretrained, s.image_size) == (
-            "dual", "google/vit-base-patch32-384", "google-bert/bert-base-uncased", 384)
+            "dual",
+            "google/vit-base-patch32-384",
+            "google-bert/bert-base-uncased",
+            384,
+        )
         assert teachers == {"vilt": ("fusion", DIDE_TEACHERS[task], 384)}
     else:
         assert teachers == {}
@@ -124,10 +143,19 @@ def test_the_protocol_preset_validates() -> None:
     spec = load_protocol(PRESETS_DIR / "protocol-paper.yaml")
     assert spec.tasks == ["vqa", "snli_ve", "vcr"]
     assert [(c.name, c.fraction) for c in spec.conditions] == [
-        ("full", None), ("lowshot-1", 0.01), ("lowshot-5", 0.05), ("lowshot-10", 0.1), ("lowshot-25", 0.25)]
+        ("full", None),
+        ("lowshot-1", 0.01),
+        ("lowshot-5", 0.05),
+        ("lowshot-10", 0.1),
+        ("lowshot-25", 0.25),
+    ]
     assert list(spec.methods) == ["none", "kd", "clip_td", "mad"]
     assert {label: e.method["name"] for label, e in spec.methods.items()} == {
-        "none": "none", "kd": "kd", "clip_td": "clip_td", "mad": "mad"}
+        "none": "none",
+        "kd": "kd",
+        "clip_td": "clip_td",
+        "mad": "mad",
+    }
     assert spec.seeds == [0, 1, 2]
     assert spec.base["student"]["pretrained"] == "dandelin/vilt-b32-mlm"
     # every cell of the matrix is a valid experiment config
@@ -137,7 +165,11 @@ def test_the_protocol_preset_validates() -> None:
             for label in spec.methods:
                 cfg = experiment(spec, task, cond, label, 1, out)
                 assert (cfg.data.task, cfg.data.fraction, cfg.data.subset_seed, cfg.train.seed) == (
-                    task, cond.fraction, 1, 1)
+                    task,
+                    cond.fraction,
+                    1,
+                    1,
+                )
 
 
 # ---------------------------------------------------------------- tiny stand-ins of the checkpoints
@@ -170,9 +202,16 @@ def _roberta_tokenizer(folder: Path) -> RobertaTokenizerFast:
 
 
 def _vilt_config(**extra: Any) -> ViltConfig:
-    return ViltConfig(vocab_size=minilm_tokenizer().vocab_size, hidden_size=STUDENT_HIDDEN,
-                      intermediate_size=64, max_position_embeddings=40, image_size=32, patch_size=8,
-                      **TINY_LAYERS, **extra)
+    return ViltConfig(
+        vocab_size=minilm_tokenizer().vocab_size,
+        hidden_size=STUDENT_HIDDEN,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        image_size=32,
+        patch_size=8,
+        **TINY_LAYERS,
+        **extra,
+    )
 
 
 def _vilt_processor() -> Processor:
@@ -201,25 +240,49 @@ def standins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     add("dandelin/vilt-b32-mlm", ViltForMaskedLM(_vilt_config()), _vilt_processor())
 
     clip_tok = _clip_tokenizer(root / "clip-tok")
-    clip_config = small_clip_config(clip_tok, image_size=48, patch_size=8, hidden_size=CLIP_HIDDEN,
-                                    num_layers=1, num_heads=HEADS, intermediate_size=64, projection_dim=16)
+    clip_config = small_clip_config(
+        clip_tok,
+        image_size=48,
+        patch_size=8,
+        hidden_size=CLIP_HIDDEN,
+        num_layers=1,
+        num_heads=HEADS,
+        intermediate_size=64,
+        projection_dim=16,
+    )
     clip = CLIPModel._from_config(clip_config)
-    add("openai/clip-vit-base-patch16", clip, Processor(clip_tok, 48, CLIP_MEAN, CLIP_STD),
-        parameters=_count(clip))
+    add("openai/clip-vit-base-patch16", clip, Processor(clip_tok, 48, CLIP_MEAN, CLIP_STD), parameters=_count(clip))
     made["openai/clip-vit-base-patch16"]["vision_parameters"] = _count(clip.vision_model)
 
     rob_tok = _roberta_tokenizer(root / "roberta-tok")
-    roberta_config = RobertaConfig(vocab_size=len(rob_tok), hidden_size=ROBERTA_HIDDEN, intermediate_size=48,
-                                   max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                                   **TINY_LAYERS)
+    roberta_config = RobertaConfig(
+        vocab_size=len(rob_tok),
+        hidden_size=ROBERTA_HIDDEN,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        **TINY_LAYERS,
+    )
     roberta = RobertaModel(roberta_config, add_pooling_layer=False)
     add("FacebookAI/roberta-base", roberta, Processor(rob_tok, 16, DEFAULT_MEAN, DEFAULT_STD))
 
-    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=STUDENT_HIDDEN,
-                                              intermediate_size=64, num_labels=10, **TINY_LAYERS))
+    vit = ViTForImageClassification(
+        ViTConfig(
+            image_size=32, patch_size=8, hidden_size=STUDENT_HIDDEN, intermediate_size=64, num_labels=10, **TINY_LAYERS
+        )
+    )
     add("google/vit-base-patch32-384", vit, None)
-    bert = BertModel(BertConfig(vocab_size=minilm_tokenizer().vocab_size, hidden_size=STUDENT_HIDDEN,
-                                intermediate_size=64, max_position_embeddings=64, **TINY_LAYERS))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=minilm_tokenizer().vocab_size,
+            hidden_size=STUDENT_HIDDEN,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            **TINY_LAYERS,
+        )
+    )
     folder = root / "bert-base-uncased"
     bert.save_pretrained(folder)
     minilm_tokenizer().save_pretrained(folder)
@@ -315,8 +378,10 @@ def test_mad_presets_plan_with_stand_ins(name: str, standins: dict[str, dict[str
     assert set(plan.losses) == {"task", "feature/vision/image", "feature/text/text"} and _finite(plan.losses)
     assert {t["name"]: t["kind"] for t in plan.teachers} == {"vision": "vision", "text": "text"}
     # the vision teacher is CLIP's image tower alone, loaded from the full CLIP checkpoint
-    expected = (standins["openai/clip-vit-base-patch16"]["vision_parameters"]
-                + standins["FacebookAI/roberta-base"]["parameters"])
+    expected = (
+        standins["openai/clip-vit-base-patch16"]["vision_parameters"]
+        + standins["FacebookAI/roberta-base"]["parameters"]
+    )
     assert plan.parameters["teachers (frozen)"] == expected
     assert plan.parameters["projections"] == (STUDENT_HIDDEN + 1) * (CLIP_HIDDEN + ROBERTA_HIDDEN)
 

@@ -24,9 +24,14 @@ def _spec(**extra) -> ProtocolConfig:
         "methods": {
             "none": {"method": {"name": "none"}},
             "dual": {"method": {"name": "none"}, "student": {"kind": "dual"}, "conditions": ["full"]},
-            "dide": {"method": {"name": "dide", "teachers": {"vilt": {"kind": "fusion",
-                                                                      "pretrained": "run:full/none/seed0"}}},
-                     "student": {"kind": "dual"}, "conditions": ["full"]},
+            "dide": {
+                "method": {
+                    "name": "dide",
+                    "teachers": {"vilt": {"kind": "fusion", "pretrained": "run:full/none/seed0"}},
+                },
+                "student": {"kind": "dual"},
+                "conditions": ["full"],
+            },
         },
         "seeds": [0],
         **extra,
@@ -51,8 +56,12 @@ def test_protocol_rows_and_continuation(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_protocol(_spec(), out)
     first = read_results(out / "results.jsonl")
-    assert {(r["condition"], r["label"]) for r in first} == {("full", "none"), ("shift", "none"), ("full", "dual"),
-                                                             ("shift", "dual")}
+    assert {(r["condition"], r["label"]) for r in first} == {
+        ("full", "none"),
+        ("shift", "none"),
+        ("full", "dual"),
+        ("shift", "dual"),
+    }
     monkeypatch.setattr(engine, "train", lambda cfg, out, **kw: calls.append(cfg.name) or real_train(cfg, out, **kw))
     run_protocol(_spec(), out)
     # the two finished runs were not redone; the interrupted third and the fourth ran
@@ -60,16 +69,22 @@ def test_protocol_rows_and_continuation(tmp_path, monkeypatch):
     rows = read_results(out / "results.jsonl")
     cells = {(r["condition"], r["label"], r["student"], r["split"]) for r in rows if r["metric"] == "accuracy"}
     assert cells == {
-        ("full", "none", "fusion", "eval"), ("shift", "none", "fusion", "shifted"),
-        ("full", "dual", "dual", "eval"), ("shift", "dual", "dual", "shifted"),
-        ("full", "dide", "dual", "eval"), ("shift", "dide", "dual", "shifted"),
+        ("full", "none", "fusion", "eval"),
+        ("shift", "none", "fusion", "shifted"),
+        ("full", "dual", "dual", "eval"),
+        ("shift", "dual", "dual", "shifted"),
+        ("full", "dide", "dual", "eval"),
+        ("shift", "dide", "dual", "shifted"),
         ("lowshot-0.5", "none", "fusion", "eval"),
     }
     low = next(r for r in rows if r["condition"] == "lowshot-0.5")
     full = next(r for r in rows if r["condition"] == "full" and r["label"] == "none")
     assert low["fraction"] == 0.5 and low["train_examples"] == full["train_examples"] // 2
-    assert all(set(r) >= {"task", "condition", "method", "student", "seed", "metric", "value", "split",
-                          "train_examples", "seconds"} for r in rows)
+    assert all(
+        set(r)
+        >= {"task", "condition", "method", "student", "seed", "metric", "value", "split", "train_examples", "seconds"}
+        for r in rows
+    )
     dide = next(r for r in rows if r["label"] == "dide")
     assert dide["method"] == "dide" and dide["student"] == "dual"
     manifest = json.loads((out / "runs/snli_ve/lowshot-0.5/none/seed0/subset.json").read_text())

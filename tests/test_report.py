@@ -37,10 +37,22 @@ def _rows() -> list[dict]:
     rows = []
     for (task, condition, split, fraction, student, method, metric), values in CELLS.items():
         for seed, value in enumerate(values):
-            rows.append({"task": task, "condition": condition, "method": method, "student": student,
-                         "seed": seed, "metric": metric, "value": value, "split": split,
-                         "train_examples": 1500, "seconds": 12.0, "fraction": fraction,
-                         "eval_ms_per_example": MS[student]})
+            rows.append(
+                {
+                    "task": task,
+                    "condition": condition,
+                    "method": method,
+                    "student": student,
+                    "seed": seed,
+                    "metric": metric,
+                    "value": value,
+                    "split": split,
+                    "train_examples": 1500,
+                    "seconds": 12.0,
+                    "fraction": fraction,
+                    "eval_ms_per_example": MS[student],
+                }
+            )
     return rows
 
 
@@ -74,10 +86,9 @@ def test_main_table_cells_bold_and_condition_order(report_dir: Path) -> None:
     vqa = _section((report_dir / "report.md").read_text(), "vqa: vqa_accuracy").split("Gain over")[0]
     assert "| condition | fusion / none | fusion / kd | fusion / clip_td | dual / none | dual / dide |" in vqa
     assert _table_line(vqa, "| full |") == (
-        "| full | 42.00 ± 2.00 (3) | 42.00 ± 1.00 (3) | **45.00 ± 1.00 (3)** | 31.00 ± 1.00 (3) "
-        "| 36.00 ± 1.00 (3) |")
-    assert _table_line(vqa, "| lowshot-0.25 |") == (
-        "| lowshot-0.25 | 30.00 ± – (1) |  | **33.00 ± – (1)** |  |  |")
+        "| full | 42.00 ± 2.00 (3) | 42.00 ± 1.00 (3) | **45.00 ± 1.00 (3)** | 31.00 ± 1.00 (3) | 36.00 ± 1.00 (3) |"
+    )
+    assert _table_line(vqa, "| lowshot-0.25 |") == ("| lowshot-0.25 | 30.00 ± – (1) |  | **33.00 ± – (1)** |  |  |")
     order = [line.split(" | ")[0] for line in vqa.splitlines() if line.startswith("| ")]
     assert order == ["| condition", "| ---", "| full", "| lowshot-0.1", "| lowshot-0.25", "| shift"]
 
@@ -96,8 +107,7 @@ def test_did_not_help_list(report_dir: Path) -> None:
         "- vqa, full, fusion / kd: no gain (+0.00; 42.00 vs 42.00).",
         "- vqa, lowshot-0.1, fusion / clip_td: gain +1.00 (23.00 vs 22.00) is within one pooled std (2.00), "
         "not significant.",
-        "- vqa, lowshot-0.25, fusion / clip_td: gain +3.00 (33.00 vs 30.00) rests on one seed each, "
-        "not established.",
+        "- vqa, lowshot-0.25, fusion / clip_td: gain +3.00 (33.00 vs 30.00) rests on one seed each, not established.",
     ]
 
 
@@ -112,14 +122,14 @@ def test_header_protocol_secondary_and_dide_tables(report_dir: Path) -> None:
     assert '| `name` | "demo" |' in text
     snli = _section(text, "snli_ve: accuracy")
     assert _table_line(snli, "| full | fusion / none |") == (
-        "| full | fusion / none | 72.00 ± 2.83 (2) | 1500 | 12.0 | 4.00 |")
+        "| full | fusion / none | 72.00 ± 2.83 (2) | 1500 | 12.0 | 4.00 |"
+    )
     assert "| dual / dide | 36.00 ± 1.00 (3) | 1.00 | 4.00x |" in text
 
 
 def test_summary_csv(report_dir: Path) -> None:
     with (report_dir / "summary.csv").open() as f:
-        rows = {(r["task"], r["condition"], r["student"], r["method"], r["metric"]): r
-                for r in csv.DictReader(f)}
+        rows = {(r["task"], r["condition"], r["student"], r["method"], r["metric"]): r for r in csv.DictReader(f)}
     base = rows["vqa", "full", "fusion", "none", VQA]
     assert [base[k] for k in ("mean", "std", "n", "gain", "split")] == ["42.0000", "2.0000", "3", "", "eval"]
     clip = rows["vqa", "shift", "fusion", "clip_td", VQA]
@@ -173,8 +183,7 @@ def test_absent_protocol_json_is_fine_and_stale_plots_go(tmp_path: Path) -> None
     [
         (['{"task": "vqa", '], "line 2", "malformed JSON"),
         (["[1, 2]"], "line 2", "expected a JSON object"),
-        ([json.dumps({k: v for k, v in _rows()[0].items() if k != "value"})], "line 2",
-         "missing field 'value'"),
+        ([json.dumps({k: v for k, v in _rows()[0].items() if k != "value"})], "line 2", "missing field 'value'"),
         ([json.dumps(dict(_rows()[0], seed="0"))], "line 2", "field 'seed'"),
         ([json.dumps(dict(_rows()[0], value=True))], "line 2", "field 'value'"),
         ([json.dumps(dict(_rows()[0], eval_ms_per_example="fast"))], "line 2", "field 'eval_ms_per_example'"),
@@ -215,8 +224,18 @@ def test_null_optional_fields_are_tolerated(tmp_path: Path) -> None:
 
 def test_method_labels_stay_apart_and_baseline_found_by_method(tmp_path: Path) -> None:
     def row(label: str, student: str, method: str, seed: int, value: float) -> dict:
-        return {"task": "nlvr2", "condition": "full", "method": method, "label": label, "student": student,
-                "seed": seed, "metric": "accuracy", "value": value, "split": "eval", "fraction": None}
+        return {
+            "task": "nlvr2",
+            "condition": "full",
+            "method": method,
+            "label": label,
+            "student": student,
+            "seed": seed,
+            "metric": "accuracy",
+            "value": value,
+            "split": "eval",
+            "fraction": None,
+        }
 
     rows = [row("none", "fusion", "none", s, v) for s, v in enumerate([50, 52])]
     rows += [row("clip_td-l1", "fusion", "clip_td", s, v) for s, v in enumerate([60, 62])]
@@ -227,9 +246,12 @@ def test_method_labels_stay_apart_and_baseline_found_by_method(tmp_path: Path) -
     text = write_report(_write(tmp_path, rows)).read_text()
     assert _table_line(text, "| condition | fusion / none |") == (
         "| condition | fusion / none | fusion / clip_td-cos (clip_td) | fusion / clip_td-l1 (clip_td) "
-        "| dual / dual (none) | dual / dide | other / mad |")
+        "| dual / dual (none) | dual / dide | other / mad |"
+    )
     assert "| full | +1.00 | +10.00 | +5.00 |  |" in text
-    assert ("- nlvr2, full, fusion / clip_td-cos (clip_td): gain +1.00 (52.00 vs 51.00) is within one pooled "
-            "std (1.41), not significant." in text)
+    assert (
+        "- nlvr2, full, fusion / clip_td-cos (clip_td): gain +1.00 (52.00 vs 51.00) is within one pooled "
+        "std (1.41), not significant." in text
+    )
     assert "- nlvr2, full, other / mad: no `none` baseline of student other ran; the gain is unknown." in text
     assert "- nlvr2, full, dual / dide" not in text  # 45 vs 40 with zero spread: a clear gain

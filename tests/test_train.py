@@ -27,17 +27,32 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def _cfg(**train):
-    return parse_config(tiny_tree("snli_ve", "mad", ("vision", "text"),
-                                  train={"epochs": 2, "checkpoint_every": 2, **train}), "test")
+    return parse_config(
+        tiny_tree("snli_ve", "mad", ("vision", "text"), train={"epochs": 2, "checkpoint_every": 2, **train}), "test"
+    )
 
 
 def test_smoke_preset_through_the_cli(tmp_path):
     out = tmp_path / "smoke"
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
-        [sys.executable, "-m", "vldistill", "train", "--preset", "smoke", "--out", str(out), "--no-progress",
-         "--set", "data.world_scale=0.1"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "vldistill",
+            "train",
+            "--preset",
+            "smoke",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "data.world_scale=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "vqa_accuracy" in proc.stdout
@@ -75,8 +90,10 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch,
     def save(root, step, modules, state, keep=2, before_publish=None):
         calls["n"] += 1
         if kill_at == "during_step_4_checkpoint" and step == 4:
+
             def die(tmp):  # the temporary folder is fully written but never renamed into place
                 raise _Killed
+
             return real_save(root, step, modules, state, keep, before_publish=die)
         result = real_save(root, step, modules, state, keep)
         if kill_at == "after_step_2_checkpoint" and step == 2:
@@ -156,12 +173,20 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         "two": [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", "29561", "-m", "vldistill"],
     }
     for name, prefix in runs.items():
-        proc = subprocess.run([*prefix, "train", str(config), "--out", str(tmp_path / name), "--no-progress"],
-                              capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [*prefix, "train", str(config), "--out", str(tmp_path / name), "--no-progress"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert one.keys() == two.keys()
     # the same updates up to the order of float additions in the gradient all-reduce
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
-    assert json.loads((tmp_path / "one" / "summary.json").read_text())["steps"] == \
-        json.loads((tmp_path / "two" / "summary.json").read_text())["steps"] == 3
+    assert (
+        json.loads((tmp_path / "one" / "summary.json").read_text())["steps"]
+        == json.loads((tmp_path / "two" / "summary.json").read_text())["steps"]
+        == 3
+    )

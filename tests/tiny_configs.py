@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-
-TINY_STUDENT = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                "image_size": 32, "patch_size": 8}
+TINY_STUDENT = {
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+}
 TINY_TEACHER = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "projection_dim": 16}
 TEACHERS = {
     "clip": {"kind": "clip", "tiny": TINY_TEACHER, "image_size": 32},
@@ -14,8 +19,13 @@ TEACHERS = {
 }
 
 
-def tiny_tree(task: str = "vqa", method: str = "none", teachers: tuple[str, ...] = (),
-              method_options: dict | None = None, **sections) -> dict:
+def tiny_tree(
+    task: str = "vqa",
+    method: str = "none",
+    teachers: tuple[str, ...] = (),
+    method_options: dict | None = None,
+    **sections,
+) -> dict:
     """A config tree of a tiny run on the generated world (scale 0.1); ``sections`` override parts."""
     tree = {
         "name": f"test-{task}-{method}",

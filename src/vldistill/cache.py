@@ -37,8 +37,7 @@ META = "meta.json"
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "BOOL": np.bool_, "I32": np.int32}
 
 
-def cache_key(teacher_fingerprints: dict[str, str], settings: dict[str, Any], data_fingerprint: str,
-              fp16: bool) -> str:
+def cache_key(teacher_fingerprints: dict[str, str], settings: dict[str, Any], data_fingerprint: str, fp16: bool) -> str:
     payload = {"teachers": teacher_fingerprints, "settings": settings, "data": data_fingerprint, "fp16": fp16}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -59,17 +58,27 @@ class _Shard:
                 raise ValueError("the header is not a JSON object")
             meta = header.pop("__metadata__", {})
             self.uids: list[str] = json.loads(meta.get("uids", "[]"))
-            entries = [(name, info["data_offsets"], info["dtype"], tuple(info["shape"])) for name, info in header.items()]
+            entries = [
+                (name, info["data_offsets"], info["dtype"], tuple(info["shape"])) for name, info in header.items()
+            ]
         except (OSError, ValueError, struct.error, KeyError, TypeError, AttributeError) as err:
-            raise DataError(path, None, f"unreadable cache shard ({err})",
-                            "delete the cache folder (or run `vldistill cache build`) to rebuild it") from err
+            raise DataError(
+                path,
+                None,
+                f"unreadable cache shard ({err})",
+                "delete the cache folder (or run `vldistill cache build`) to rebuild it",
+            ) from err
         base = 8 + length
         self.arrays: dict[str, np.ndarray] = {}
         for name, (start, end), dtype_name, shape in entries:
             dtype = _DTYPES.get(dtype_name)
             if dtype is None or base + end > size:
-                raise DataError(path, name, "truncated or unsupported tensor in cache shard",
-                                "delete the cache folder to rebuild it")
+                raise DataError(
+                    path,
+                    name,
+                    "truncated or unsupported tensor in cache shard",
+                    "delete the cache folder to rebuild it",
+                )
             self.arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
 
 
@@ -94,12 +103,20 @@ class TeacherCache:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(meta_path, None, f"unreadable cache index ({err})", "delete the cache folder") from err
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise DataError(meta_path, None, "unreadable cache index ('shards' is not a list of file names)",
-                            "delete the cache folder")
+            raise DataError(
+                meta_path,
+                None,
+                "unreadable cache index ('shards' is not a list of file names)",
+                "delete the cache folder",
+            )
         for name in names:
             if Path(name).name != name or not name.startswith("shard-"):
-                raise DataError(meta_path, None, f"unreadable cache index (shard {name!r} points outside the cache folder)",
-                                "delete the cache folder")
+                raise DataError(
+                    meta_path,
+                    None,
+                    f"unreadable cache index (shard {name!r} points outside the cache folder)",
+                    "delete the cache folder",
+                )
         for i, name in enumerate(names):
             shard = _Shard(self.folder / name)
             self.shards.append(shard)
@@ -109,13 +126,19 @@ class TeacherCache:
     def missing(self, examples: Sequence[TaskExample]) -> list[TaskExample]:
         return [ex for ex in examples if ex.uid not in self.rows]
 
-    def lookup(self, examples: Sequence[TaskExample], device: torch.device | str = "cpu") -> dict[str, dict[str, torch.Tensor]]:
+    def lookup(
+        self, examples: Sequence[TaskExample], device: torch.device | str = "cpu"
+    ) -> dict[str, dict[str, torch.Tensor]]:
         """Targets of ``examples`` (teacher -> field -> ``(B, ...)``), as the live teacher returns them."""
         try:
             where = [self.rows[ex.uid] for ex in examples]
         except KeyError as err:
-            raise DataError(self.folder, f"uid {err.args[0]}", "example missing from the teacher cache",
-                            "run `vldistill cache build` with this config") from None
+            raise DataError(
+                self.folder,
+                f"uid {err.args[0]}",
+                "example missing from the teacher cache",
+                "run `vldistill cache build` with this config",
+            ) from None
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for position, (shard, row) in enumerate(where):
             positions, rows = groups.setdefault(shard, ([], []))
@@ -134,7 +157,9 @@ class TeacherCache:
             out.setdefault(teacher, {})[field] = t.to(device)
         return out
 
-    def write_shard(self, name: str, examples: Sequence[TaskExample], targets: dict[str, dict[str, torch.Tensor]]) -> None:
+    def write_shard(
+        self, name: str, examples: Sequence[TaskExample], targets: dict[str, dict[str, torch.Tensor]]
+    ) -> None:
         tensors = {}
         for teacher, fields in targets.items():
             for field, value in fields.items():
@@ -156,8 +181,17 @@ class TeacherCache:
 
 
 def ensure_cache(
-    folder: Path, method: Any, examples: Sequence[TaskExample], *, fp16: bool, key_parts: dict[str, Any],
-    batch_size: int = 32, rank: int = 0, world: int = 1, barrier: Any = None, store: ImageStore | None = None,
+    folder: Path,
+    method: Any,
+    examples: Sequence[TaskExample],
+    *,
+    fp16: bool,
+    key_parts: dict[str, Any],
+    batch_size: int = 32,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Any = None,
+    store: ImageStore | None = None,
 ) -> TeacherCache:
     """Open the cache in ``folder`` and compute the rows ``examples`` still miss (split over ranks)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,7 +203,7 @@ def ensure_cache(
         for i, start in enumerate(range(0, len(todo), batch_size)):
             if i % world != rank:
                 continue
-            chunk = todo[start:start + batch_size]
+            chunk = todo[start : start + batch_size]
             targets = method.targets_for(chunk, [[store(p) for p in ex.images] for ex in chunk])
             cache.write_shard(f"shard-{generation}-r{rank}-{i:06d}.safetensors", chunk, targets)
         if barrier is not None:
@@ -182,8 +216,16 @@ def ensure_cache(
     return cache
 
 
-def open_teacher_cache(cfg: Any, data: Any, method: Any, *, rank: int = 0, world: int = 1, barrier: Any = None,
-                       store: ImageStore | None = None) -> TeacherCache:
+def open_teacher_cache(
+    cfg: Any,
+    data: Any,
+    method: Any,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Any = None,
+    store: ImageStore | None = None,
+) -> TeacherCache:
     """The cache of ``cfg``'s teachers over ``data.train``, built or extended as needed."""
     from vldistill.config import cache_dir
 
@@ -195,5 +237,15 @@ def open_teacher_cache(cfg: Any, data: Any, method: Any, *, rank: int = 0, world
     }
     key = cache_key(parts["teachers"], parts["settings"], parts["data"], cfg.cache.fp16)
     root = Path(cfg.cache.dir) if cfg.cache.dir else cache_dir() / "teachers"
-    return ensure_cache(root / key, method, data.train, fp16=cfg.cache.fp16, key_parts=parts,
-                        batch_size=cfg.train.eval_batch_size, rank=rank, world=world, barrier=barrier, store=store)
+    return ensure_cache(
+        root / key,
+        method,
+        data.train,
+        fp16=cfg.cache.fp16,
+        key_parts=parts,
+        batch_size=cfg.train.eval_batch_size,
+        rank=rank,
+        world=world,
+        barrier=barrier,
+        store=store,
+    )

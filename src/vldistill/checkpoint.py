@@ -56,8 +56,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _weights(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     # Clone so that tied parameters (shared storage) are written as independent tensors.
-    return {f"{name}.{k}": v.detach().cpu().contiguous().clone() for name, m in modules.items()
-            for k, v in m.state_dict().items()}
+    return {
+        f"{name}.{k}": v.detach().cpu().contiguous().clone()
+        for name, m in modules.items()
+        for k, v in m.state_dict().items()
+    }
 
 
 def _remove(path: Path) -> None:
@@ -68,7 +71,11 @@ def _remove(path: Path) -> None:
 
 
 def save_checkpoint(
-    root: Path, step: int, modules: dict[str, nn.Module], state: dict[str, Any], keep: int = 2,
+    root: Path,
+    step: int,
+    modules: dict[str, nn.Module],
+    state: dict[str, Any],
+    keep: int = 2,
     before_publish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``root/step-<step>`` atomically and keep the newest ``keep`` checkpoints.
@@ -142,9 +149,9 @@ def load_latest(root: Path, modules: dict[str, nn.Module]) -> LoadedCheckpoint |
             continue
         weights = load_file(str(path / "weights.safetensors"))
         for name, module in modules.items():
-            sub = {k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")}
+            sub = {k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")}
             module.load_state_dict(sub)
-        return LoadedCheckpoint(path, int(path.name[len(PREFIX):]), state, skipped)
+        return LoadedCheckpoint(path, int(path.name[len(PREFIX) :]), state, skipped)
     if skipped:
         return LoadedCheckpoint(root, -1, {}, skipped)
     return None

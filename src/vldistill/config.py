@@ -134,8 +134,10 @@ def parse_config(raw: Any, source: str = "config", overrides: list[str] | None =
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
-            raise ConfigError(f"override {key.strip()}: value {value!r} is not valid YAML "
-                              f"({getattr(err, 'problem', err)}); fix: quote it or correct it") from None
+            raise ConfigError(
+                f"override {key.strip()}: value {value!r} is not valid YAML "
+                f"({getattr(err, 'problem', err)}); fix: quote it or correct it"
+            ) from None
         _set_path(raw, key.strip(), parsed)
     try:
         return ExperimentConfig.model_validate(raw)
@@ -155,7 +157,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: invalid YAML ({getattr(err, 'problem', err)}); fix: correct the syntax") from None
+        raise ConfigError(
+            f"{path}:{where}: invalid YAML ({getattr(err, 'problem', err)}); fix: correct the syntax"
+        ) from None
     return parse_config(raw, str(path), overrides)
 
 

@@ -38,12 +38,12 @@ def _substitute(tree: Any, old: str, new: str) -> Any:
 
 def run_demo(out: Path, *, quick: bool = False, spec_path: Path | None = None, progress: bool = False) -> Path:
     """Run the demo into ``out`` (rerun to continue an interrupted one); returns the report path."""
+    import torch
+
     from vldistill.data.world import generate_world
     from vldistill.demo_teachers import ensure_demo_clip
     from vldistill.protocol import ProtocolConfig, run_protocol
     from vldistill.report import summary_table, write_report
-
-    import torch
 
     t0 = time.perf_counter()
     # One intra-op thread: these models are small, and on a busy 2-core machine two OpenMP threads
@@ -63,15 +63,21 @@ def run_demo(out: Path, *, quick: bool = False, spec_path: Path | None = None, p
         spec = ProtocolConfig.model_validate(_substitute(raw, CLIP_PLACEHOLDER, str(clip_dir)))
     except ValidationError as err:
         raise ConfigError(_format_validation(err, str(spec_path))) from None
-    console.print(f"[3/4] protocol: {', '.join(spec.tasks)} x {len(spec.conditions)} conditions (+ shift) x "
-                  f"{len(spec.methods)} methods x {len(spec.seeds)} seeds -> {out}")
+    console.print(
+        f"[3/4] protocol: {', '.join(spec.tasks)} x {len(spec.conditions)} conditions (+ shift) x "
+        f"{len(spec.methods)} methods x {len(spec.seeds)} seeds -> {out}"
+    )
     run_protocol(spec, out, show_progress=progress)
     console.print("[4/4] report")
     report = write_report(out)
     seconds = round(time.perf_counter() - t0, 1)
     teacher_stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
-    (out / "demo.json").write_text(json.dumps({"seconds_this_invocation": seconds, "quick": quick,
-                                               "spec": str(spec_path), "demo_clip": teacher_stats}, indent=1))
+    (out / "demo.json").write_text(
+        json.dumps(
+            {"seconds_this_invocation": seconds, "quick": quick, "spec": str(spec_path), "demo_clip": teacher_stats},
+            indent=1,
+        )
+    )
     Console().print(summary_table(out))
     console.print(f"report: {report} ({seconds} s)")
     return report

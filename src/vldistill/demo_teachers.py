@@ -69,14 +69,8 @@ def read_captions(path: Path) -> list[tuple[Path, str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(
-                path, f"line {n}", f"not JSON ({err.msg})", "write one JSON object per line"
-            ) from err
-        if not (
-            isinstance(row, dict)
-            and isinstance(row.get("image"), str)
-            and isinstance(row.get("caption"), str)
-        ):
+            raise DataError(path, f"line {n}", f"not JSON ({err.msg})", "write one JSON object per line") from err
+        if not (isinstance(row, dict) and isinstance(row.get("image"), str) and isinstance(row.get("caption"), str)):
             raise DataError(
                 path,
                 f"line {n}",
@@ -105,9 +99,7 @@ def load_caption_pairs(
         keep = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:max_pairs])
         pairs = [pairs[int(i)] for i in keep]
     if len(pairs) < 4:
-        raise ConfigError(
-            f"{world_dir}: {len(pairs)} caption pairs; fix: generate a larger world (need >= 4)"
-        )
+        raise ConfigError(f"{world_dir}: {len(pairs)} caption pairs; fix: generate a larger world (need >= 4)")
     pixels = torch.cat(
         [
             processor.images_to_tensor([_decode(p, f) for p, _, f in pairs[i : i + 512]])
@@ -118,9 +110,7 @@ def load_caption_pairs(
     return pixels, input_ids, attention_mask
 
 
-def clip_loss(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
+def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP's symmetric InfoNCE: mean of image->text and text->image cross-entropy.
 
     ``image_embeds``, ``text_embeds``: ``(B, E)`` unit norm, row i of each a matching pair;
@@ -131,9 +121,7 @@ def clip_loss(
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def _embed(
-    model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Unit-norm image and text embeddings ``(B, E)``; texts cut to the batch's longest (less compute)."""
     length = int(mask.sum(dim=1).max())
     image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
@@ -157,9 +145,7 @@ def retrieval_accuracy(
     """
     hits, chance = 0, 0.0
     for i in range(0, len(pixels), batch_size):
-        image, text = _embed(
-            model, pixels[i : i + batch_size], ids[i : i + batch_size], mask[i : i + batch_size]
-        )
+        image, text = _embed(model, pixels[i : i + batch_size], ids[i : i + batch_size], mask[i : i + batch_size])
         sims = image @ text.T
         hits += int((sims.argmax(dim=1) == torch.arange(len(sims))).sum())
         chance += 1.0  # each of the len(sims) pairs has chance 1 / len(sims)
@@ -167,9 +153,7 @@ def retrieval_accuracy(
 
 
 @torch.no_grad()
-def zero_shot_vqa(
-    teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", batch_size: int = 64
-) -> dict[str, Any]:
+def zero_shot_vqa(teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", batch_size: int = 64) -> dict[str, Any]:
     """CLIP-TD's zero-shot view of VQA: how often the gold ``"<question> <answer>"`` candidate scores highest.
 
     Candidates are built by :class:`ExampleBuilder` on the training split (gold + the most frequent

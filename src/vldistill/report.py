@@ -24,10 +24,23 @@ _TASK_ORDER = tuple(PRIMARY_METRIC)
 _STUDENT_ORDER = ("fusion", "dual")
 _METHOD_ORDER = ("none", "kd", "clip_td", "mad", "dide")
 _NUMBER = (int, float)
-_REQUIRED: dict[str, type | tuple[type, ...]] = {"task": str, "condition": str, "method": str, "student": str,
-                                                 "seed": int, "metric": str, "value": _NUMBER, "split": str}
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"label": str, "fraction": _NUMBER, "train_examples": int,
-                                                 "seconds": _NUMBER, "eval_ms_per_example": _NUMBER}
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "task": str,
+    "condition": str,
+    "method": str,
+    "student": str,
+    "seed": int,
+    "metric": str,
+    "value": _NUMBER,
+    "split": str,
+}
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {
+    "label": str,
+    "fraction": _NUMBER,
+    "train_examples": int,
+    "seconds": _NUMBER,
+    "eval_ms_per_example": _NUMBER,
+}
 Column = tuple[str, str, str]  # a table column: (student, method, label)
 _FIX = "rerun the run (`vldistill protocol` continues where it stopped) or delete the line"
 
@@ -112,8 +125,7 @@ def _checked(raw: Any, path: Path, where: str) -> ResultRow:
 def read_results(path: Path) -> list[ResultRow]:
     """The rows of ``results.jsonl`` (of a row repeated by a rerun, the last); bad input raises DataError."""
     if not path.is_file():
-        raise DataError(path, None, "results file not found",
-                        "run `vldistill protocol CONFIG --out DIR` first")
+        raise DataError(path, None, "results file not found", "run `vldistill protocol CONFIG --out DIR` first")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
@@ -164,15 +176,25 @@ def aggregate(rows: Sequence[ResultRow]) -> list[Cell]:
         key = (row.task, row.condition, row.split, row.student, row.method, row.label, row.metric)
         groups.setdefault(key, []).append(row)
     cells = [
-        Cell(*key, values=tuple(r.value for r in group), fraction=group[0].fraction,
-             eval_ms_per_example=_mean_of(r.eval_ms_per_example for r in group),
-             seconds=_mean_of(r.seconds for r in group),
-             train_examples=_mean_of(r.train_examples for r in group))
+        Cell(
+            *key,
+            values=tuple(r.value for r in group),
+            fraction=group[0].fraction,
+            eval_ms_per_example=_mean_of(r.eval_ms_per_example for r in group),
+            seconds=_mean_of(r.seconds for r in group),
+            train_examples=_mean_of(r.train_examples for r in group),
+        )
         for key, group in groups.items()
     ]
-    return sorted(cells, key=lambda c: (_rank(c.task, _TASK_ORDER),
-                                        condition_key(c.condition, c.split, c.fraction), column_key(c.column),
-                                        c.metric))
+    return sorted(
+        cells,
+        key=lambda c: (
+            _rank(c.task, _TASK_ORDER),
+            condition_key(c.condition, c.split, c.fraction),
+            column_key(c.column),
+            c.metric,
+        ),
+    )
 
 
 def primary_metric(task: str, cells: Sequence[Cell]) -> str:
@@ -278,8 +300,9 @@ def not_helped(cells: Sequence[Cell]) -> list[str]:
         elif math.isnan(spread):
             lines.append(f"{where}: gain {delta:+.2f} ({versus}) rests on one seed each, not established.")
         elif delta <= spread:
-            lines.append(f"{where}: gain {delta:+.2f} ({versus}) is within one pooled std ({spread:.2f}), "
-                         "not significant.")
+            lines.append(
+                f"{where}: gain {delta:+.2f} ({versus}) is within one pooled std ({spread:.2f}), not significant."
+            )
     return lines
 
 
@@ -293,8 +316,14 @@ def secondary_table(cells: Sequence[Cell], primary: str) -> str:
         some = next(c for c in cells if (c.condition, c.split, c.column) == key)
         line = [_row_label(some), _header(key[2])]
         line += [format_cell(at[(*key, m)]) if (*key, m) in at else "" for m in metrics]
-        body.append([*line, _number(some.train_examples, ".0f"), _number(some.seconds, ".1f"),
-                     _number(some.eval_ms_per_example, ".2f")])
+        body.append(
+            [
+                *line,
+                _number(some.train_examples, ".0f"),
+                _number(some.seconds, ".1f"),
+                _number(some.eval_ms_per_example, ".2f"),
+            ]
+        )
     header = ["condition", "student / method", *metrics, "train examples", "train s", "eval ms/example"]
     return markdown_table(header, body)
 
@@ -305,9 +334,15 @@ def dide_table(cells: Sequence[Cell]) -> str | None:
     if not any(c.student == "dual" for c in picked):
         return None
     teacher_ms = next((c.eval_ms_per_example for c in picked if c.student == "fusion"), None)
-    body = [[_header(c.column), format_cell(c), _number(c.eval_ms_per_example, ".2f"),
-             f"{teacher_ms / c.eval_ms_per_example:.2f}x" if teacher_ms and c.eval_ms_per_example else ""]
-            for c in picked]
+    body = [
+        [
+            _header(c.column),
+            format_cell(c),
+            _number(c.eval_ms_per_example, ".2f"),
+            f"{teacher_ms / c.eval_ms_per_example:.2f}x" if teacher_ms and c.eval_ms_per_example else "",
+        ]
+        for c in picked
+    ]
     return markdown_table(["model", picked[0].metric, "eval ms/example", "speed-up vs fusion"], body)
 
 
@@ -335,8 +370,7 @@ def _protocol_lines(run_dir: Path) -> list[str]:
     try:
         spec = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError as err:
-        raise DataError(path, None, f"malformed JSON ({err.msg})",
-                        "delete it; the report does not need it") from None
+        raise DataError(path, None, f"malformed JSON ({err.msg})", "delete it; the report does not need it") from None
     settings = spec.items() if isinstance(spec, dict) else []
     body = [[f"`{key}`", json.dumps(value)[:200].replace("|", "\\|")] for key, value in settings]
     table = markdown_table(["setting", "value"], body)
@@ -348,20 +382,23 @@ def _overview(rows: Sequence[ResultRow], cells: Sequence[Cell], run_dir: Path) -
         return ", ".join(str(v) for v in dict.fromkeys(values))
 
     # the shifted test of a full run is reported as condition "shift": count it as that run
-    runs = {(r.task, "full" if r.condition == "shift" else r.condition, r.student, r.label, r.seed)
-            for r in rows}
+    runs = {(r.task, "full" if r.condition == "shift" else r.condition, r.student, r.label, r.seed) for r in rows}
     columns = sorted({c.column for c in cells}, key=column_key)
     by_condition = sorted(cells, key=lambda c: condition_key(c.condition, "eval", c.fraction))
     return [
-        "# vldistill report", "",
+        "# vldistill report",
+        "",
         f"- tasks: {listed(c.task for c in cells)}",
         f"- conditions: {listed(c.condition for c in by_condition)}",
         f"- students / methods: {listed(_header(c) for c in columns)}",
         f"- seeds: {listed(sorted({r.seed for r in rows}))}",
-        f"- finished runs: {len(runs)} ({len(rows)} result rows)", "",
-        f"Regenerate with `vldistill report {run_dir}`.", "",
+        f"- finished runs: {len(runs)} ({len(rows)} result rows)",
+        "",
+        f"Regenerate with `vldistill report {run_dir}`.",
+        "",
         "Cells are mean ± sample std (number of seeds) of the task's primary metric; the best mean of a row "
-        "is in bold. The `shift` row is the test in the other domain of the `full` runs.", "",
+        "is in bold. The `shift` row is the test in the other domain of the `full` runs.",
+        "",
     ]
 
 
@@ -371,9 +408,21 @@ def write_summary_csv(cells: Sequence[Cell], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow("task condition split student method label metric mean std n gain".split())
         for c in cells:
-            writer.writerow([c.task, c.condition, c.split, c.student, c.method, c.label, c.metric,
-                             f"{c.mean:.4f}", "" if c.n < 2 else f"{c.std:.4f}", c.n,
-                             _number(gain(c, cells), ".4f")])
+            writer.writerow(
+                [
+                    c.task,
+                    c.condition,
+                    c.split,
+                    c.student,
+                    c.method,
+                    c.label,
+                    c.metric,
+                    f"{c.mean:.4f}",
+                    "" if c.n < 2 else f"{c.std:.4f}",
+                    c.n,
+                    _number(gain(c, cells), ".4f"),
+                ]
+            )
 
 
 def write_report(run_dir: Path) -> Path:

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from vldistill.report import Cell
 
 _DIDE_MODELS = {
-    ("fusion", "none"): "fusion teacher", ("dual", "none"): "dual encoder", ("dual", "dide"): "DiDE dual",
+    ("fusion", "none"): "fusion teacher",
+    ("dual", "none"): "dual encoder",
+    ("dual", "dide"): "DiDE dual",
 }
 
 
@@ -52,8 +54,11 @@ def plot_lowshot(task: str, metric: str, cells: Sequence[Cell], path: Path) -> b
 
     Needs at least two fractions (``full`` and one low-shot condition with a known fraction).
     """
-    curve = [c for c in cells if c.split == "eval" and (c.condition == "full" or
-                                                        (c.condition != "shift" and c.fraction is not None))]
+    curve = [
+        c
+        for c in cells
+        if c.split == "eval" and (c.condition == "full" or (c.condition != "shift" and c.fraction is not None))
+    ]
     fractions = sorted({_fraction(c) for c in curve})
     if len(fractions) < 2:
         return False
@@ -61,8 +66,14 @@ def plot_lowshot(task: str, metric: str, cells: Sequence[Cell], path: Path) -> b
     ax = fig.add_subplot()
     for column in _columns(curve):
         line = sorted((c for c in curve if c.column == column), key=_fraction)
-        ax.errorbar([_fraction(c) for c in line], [c.mean for c in line], yerr=[_err(c) for c in line],
-                    marker="o", capsize=3, label=_name(line[0]))
+        ax.errorbar(
+            [_fraction(c) for c in line],
+            [c.mean for c in line],
+            yerr=[_err(c) for c in line],
+            marker="o",
+            capsize=3,
+            label=_name(line[0]),
+        )
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
     ax.minorticks_off()
@@ -95,8 +106,7 @@ def plot_shift(task: str, metric: str, cells: Sequence[Cell], path: Path) -> boo
 
 def dide_cells(cells: Sequence[Cell]) -> list[Cell]:
     """The full-condition, in-domain cells of the fusion teacher, the plain dual encoder and DiDE."""
-    return [c for c in cells
-            if c.condition == "full" and c.split == "eval" and (c.student, c.method) in _DIDE_MODELS]
+    return [c for c in cells if c.condition == "full" and c.split == "eval" and (c.student, c.method) in _DIDE_MODELS]
 
 
 def plot_dide(task: str, metric: str, cells: Sequence[Cell], path: Path) -> bool:
@@ -110,8 +120,15 @@ def plot_dide(task: str, metric: str, cells: Sequence[Cell], path: Path) -> bool
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     for c in points:
-        ax.errorbar([c.eval_ms_per_example], [c.mean], yerr=[_err(c)], marker="o", capsize=3,
-                    linestyle="none", label=f"{_DIDE_MODELS[c.student, c.method]} ({_name(c)})")
+        ax.errorbar(
+            [c.eval_ms_per_example],
+            [c.mean],
+            yerr=[_err(c)],
+            marker="o",
+            capsize=3,
+            linestyle="none",
+            label=f"{_DIDE_MODELS[c.student, c.method]} ({_name(c)})",
+        )
     ax.set(xlabel="eval ms per example", ylabel=metric, title=f"{task}: accuracy vs inference cost (full)")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)

@@ -71,7 +71,9 @@ class DistillModel(nn.Module):
         self.student = student
         self.method = method
 
-    def forward(self, batch: Batch, targets: dict[str, dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, batch: Batch, targets: dict[str, dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.student(batch.student, output_cross_attention=self.method.needs_cross_attention)
         terms = {"task": task_loss(batch.task, out.logits, batch.targets)}
         terms.update(self.method.losses(out, batch, targets))
@@ -90,8 +92,15 @@ def build_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=tc.lr, fused=True)
 
 
-def train_step(model: nn.Module, batch: Batch, targets: dict[str, dict[str, torch.Tensor]], accelerator: Accelerator,
-               optimizer: Any, scheduler: Any, tc: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    targets: dict[str, dict[str, torch.Tensor]],
+    accelerator: Accelerator,
+    optimizer: Any,
+    scheduler: Any,
+    tc: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward/backward (and, at the end of an accumulation, an optimizer step): loss and its terms.
 
     Raises:
@@ -116,7 +125,9 @@ def batch_to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch(batch.index, batch.examples, batch.images, batch.student.to(device), batch.targets.to(device))
 
 
-def teacher_targets_for_batch(built: Built, batch: Batch, cache: Any, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+def teacher_targets_for_batch(
+    built: Built, batch: Batch, cache: Any, device: torch.device
+) -> dict[str, dict[str, torch.Tensor]]:
     if not built.method.teachers:
         return {}
     if cache is not None:
@@ -124,14 +135,16 @@ def teacher_targets_for_batch(built: Built, batch: Batch, cache: Any, device: to
     return {n: {k: v.to(device) for k, v in t.items()} for n, t in built.method.targets(batch).items()}
 
 
-def evaluate_all(student: nn.Module, data: DataBundle, processor: Any, batch_size: int, store: ImageStore,
-                 device: torch.device) -> dict[str, dict[str, float]]:
+def evaluate_all(
+    student: nn.Module, data: DataBundle, processor: Any, batch_size: int, store: ImageStore, device: torch.device
+) -> dict[str, dict[str, float]]:
     """Official metrics of ``student`` on every evaluation set."""
     results = {}
     collate = collate_fn(processor, data.task, data.builder.answers or None)
     for name, es in data.evals.items():
-        loader = torch.utils.data.DataLoader(ExampleDataset(es.examples, store), batch_size=batch_size,
-                                             collate_fn=collate)
+        loader = torch.utils.data.DataLoader(
+            ExampleDataset(es.examples, store), batch_size=batch_size, collate_fn=collate
+        )
         start = time.perf_counter()
         preds = predict(student, loader, device)
         elapsed = time.perf_counter() - start
@@ -167,8 +180,14 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
     dataset = ExampleDataset(data.train, store)
     sampler = EpochSampler(len(dataset), tc.seed)
     collate = collate_fn(built.processor, data.task, data.builder.answers or None)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, collate_fn=collate,
-                                         num_workers=tc.num_workers, drop_last=False)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=tc.batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=tc.num_workers,
+        drop_last=False,
+    )
 
     device = accelerator.device
     built.student.to(device)
@@ -176,9 +195,15 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
         teacher.to(device)
     teacher_cache = None
     if cfg.cache.enabled and built.method.teachers:
-        teacher_cache = open_teacher_cache(cfg, data, built.method, rank=accelerator.process_index,
-                                           world=accelerator.num_processes, barrier=accelerator.wait_for_everyone,
-                                           store=store)
+        teacher_cache = open_teacher_cache(
+            cfg,
+            data,
+            built.method,
+            rank=accelerator.process_index,
+            world=accelerator.num_processes,
+            barrier=accelerator.wait_for_everyone,
+            store=store,
+        )
     # One batch fixes the projections' widths (student width -> each teacher's width).
     first = batch_to_device(next(iter(loader)), device)
     with torch.no_grad():
@@ -199,7 +224,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
     ckpt_root = out_dir / "checkpoints"
     if resume:
         loaded = ckpt.load_latest(ckpt_root, modules)
-        for message in (loaded.skipped if loaded else []):
+        for message in loaded.skipped if loaded else []:
             accelerator.print(f"warning: skipped checkpoint {message}; using the previous good one")
         if loaded is not None and loaded.step >= 0:
             optimizer.load_state_dict(loaded.state["optimizer"])
@@ -210,16 +235,18 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
 
     def save(tag_step: int) -> None:
         if accelerator.is_main_process:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": ckpt.rng_state(),
-                     "position": {"epoch": epoch, "batch": batch_in_epoch, "step": tag_step}}
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": ckpt.rng_state(),
+                "position": {"epoch": epoch, "batch": batch_in_epoch, "step": tag_step},
+            }
             ckpt.save_checkpoint(ckpt_root, tag_step, modules, state, keep=tc.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     accelerator.init_trackers("tensorboard")
     metrics_path = out_dir / "metrics.jsonl"
-    progress = TrainProgress(enabled=show_progress and accelerator.is_main_process, total=total_steps,
-                             completed=step)
+    progress = TrainProgress(enabled=show_progress and accelerator.is_main_process, total=total_steps, completed=step)
     final_eval: dict[str, dict[str, float]] = {}
     done = step >= total_steps
     with progress:
@@ -234,8 +261,10 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
                 try:
                     loss, terms = train_step(model, batch, targets, accelerator, optimizer, scheduler, tc)
                 except NumericsError as err:
-                    raise NumericsError(f"step {step + 1}: {err}; the last good checkpoint in {ckpt_root} is "
-                                        "intact; fix: lower train.lr or the term's weight, then --resume") from None
+                    raise NumericsError(
+                        f"step {step + 1}: {err}; the last good checkpoint in {ckpt_root} is "
+                        "intact; fix: lower train.lr or the term's weight, then --resume"
+                    ) from None
                 batch_in_epoch += 1
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -256,14 +285,26 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
             last_epoch = done or epoch >= tc.epochs
             if accelerator.is_main_process:
                 if tc.eval_each_epoch or last_epoch:
-                    evaluation = evaluate_all(accelerator.unwrap_model(model).student, data, built.processor,
-                                              tc.eval_batch_size, store, device)
+                    evaluation = evaluate_all(
+                        accelerator.unwrap_model(model).student,
+                        data,
+                        built.processor,
+                        tc.eval_batch_size,
+                        store,
+                        device,
+                    )
                     accelerator.log({f"{s}/{m}": v for s, ms in evaluation.items() for m, v in ms.items()}, step=step)
                     metric = PRIMARY_METRIC[data.task]
-                    progress.note(f"epoch {epoch}: " + ", ".join(f"{s} {metric} {ms[metric]}"
-                                                                 for s, ms in evaluation.items()))
-                row = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                       "eval": evaluation, "seconds": round(time.perf_counter() - t0, 2)}
+                    progress.note(
+                        f"epoch {epoch}: " + ", ".join(f"{s} {metric} {ms[metric]}" for s, ms in evaluation.items())
+                    )
+                row = {
+                    "epoch": epoch,
+                    "step": step,
+                    **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+                    "eval": evaluation,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
             final_eval = evaluation
@@ -272,11 +313,19 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
         if not final_eval:
-            final_eval = evaluate_all(accelerator.unwrap_model(model).student, data, built.processor,
-                                      tc.eval_batch_size, store, device)
+            final_eval = evaluate_all(
+                accelerator.unwrap_model(model).student, data, built.processor, tc.eval_batch_size, store, device
+            )
         save_student(accelerator.unwrap_model(model).student, out_dir / "final", built.processor)
-        summary = {"task": data.task, "method": cfg.method.name, "student": cfg.student.kind,
-                   "train_examples": len(data.train), "steps": step, "eval": final_eval,
-                   "primary_metric": PRIMARY_METRIC[data.task], "seconds": round(time.perf_counter() - t0, 2)}
+        summary = {
+            "task": data.task,
+            "method": cfg.method.name,
+            "student": cfg.student.kind,
+            "train_examples": len(data.train),
+            "steps": step,
+            "eval": final_eval,
+            "primary_metric": PRIMARY_METRIC[data.task],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

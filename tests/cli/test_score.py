@@ -31,9 +31,7 @@ def vqa_files(tmp_path: Path) -> list[str]:
                 "image_id": 7,
                 "question_type": "how many" if q == 1 else "is the",
                 "answer_type": "number" if q == 1 else "yes/no",
-                "answers": [
-                    {"answer": a, "answer_confidence": "yes", "answer_id": i} for i, a in enumerate(gt)
-                ],
+                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i} for i, a in enumerate(gt)],
             }
             for q, gt in zip((1, 2), answers, strict=True)
         ]
@@ -137,10 +135,7 @@ def test_score_vcr(tmp_path: Path) -> None:
 
 def test_score_nlvr2(tmp_path: Path) -> None:
     gold = {"dev-1-0-0": "True", "dev-1-1-0": "False", "dev-1-0-1": "True", "dev-2-0-0": "False"}
-    rows = [
-        {"identifier": k, "sentence": "s", "label": v, "left_url": "", "right_url": ""}
-        for k, v in gold.items()
-    ]
+    rows = [{"identifier": k, "sentence": "s", "label": v, "left_url": "", "right_url": ""} for k, v in gold.items()]
     write_jsonl(tmp_path / "nlvr2" / "dev.json", rows)
     pred = dict(gold, **{"dev-1-1-0": "True"})
     predictions = write_jsonl(tmp_path / "p.jsonl", [{"id": k, "prediction": v} for k, v in pred.items()])
@@ -156,10 +151,7 @@ def test_score_nlvr2_missing_prediction(tmp_path: Path) -> None:
     rows = [{"identifier": f"dev-1-{p}-0", "sentence": "s", "label": "True"} for p in range(3)]
     write_jsonl(tmp_path / "nlvr2" / "dev.json", rows)
     predictions = write_jsonl(tmp_path / "p.jsonl", [{"id": "dev-1-0-0", "prediction": "True"}])
-    result = runner.invoke(
-        app, ["score", "nlvr2", str(tmp_path / "nlvr2"), "--predictions", str(predictions)]
-    )
+    result = runner.invoke(app, ["score", "nlvr2", str(tmp_path / "nlvr2"), "--predictions", str(predictions)])
     assert str(result.exception) == (
-        f"{predictions}: id dev-1-1-0: no prediction for 2 of 3 gold examples; "
-        "fix: predict every example of the split"
+        f"{predictions}: id dev-1-1-0: no prediction for 2 of 3 gold examples; fix: predict every example of the split"
     )

@@ -72,9 +72,7 @@ def vqa_root(tmp_path: Path) -> Path:
     common = {"info": {"version": "2.0"}, "license": {"name": "CC BY 4.0"}, "data_type": "mscoco"}
     questions = common | {"task_type": "Open-Ended", "data_subtype": "train2014", "questions": VQA_QUESTIONS}
     annotations = common | {"data_subtype": "train2014", "annotations": VQA_ANNOTATIONS}
-    (root / "v2_OpenEnded_mscoco_train2014_questions.json").write_text(
-        json.dumps(questions), encoding="utf-8"
-    )
+    (root / "v2_OpenEnded_mscoco_train2014_questions.json").write_text(json.dumps(questions), encoding="utf-8")
     (root / "v2_mscoco_train2014_annotations.json").write_text(json.dumps(annotations), encoding="utf-8")
     for image_id in (9, 25):
         write_image(root / "train2014" / f"COCO_train2014_{image_id:012d}.jpg")

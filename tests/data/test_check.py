@@ -113,9 +113,7 @@ def test_decompression_bomb(nlvr2_root: Path, data_error, side: int) -> None:
 
 def test_empty_split(nlvr2_root: Path, data_error) -> None:
     (nlvr2_root / "train.json").write_text("\n")
-    data_error(
-        lambda: check_dataset("nlvr2", nlvr2_root, "train"), file="nlvr2", record=None, problem="no records"
-    )
+    data_error(lambda: check_dataset("nlvr2", nlvr2_root, "train"), file="nlvr2", record=None, problem="no records")
 
 
 def test_cli_reports_one_line_and_exits_2(vcr_root: Path, edit_jsonl) -> None:
@@ -129,6 +127,4 @@ def test_cli_reports_one_line_and_exits_2(vcr_root: Path, edit_jsonl) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith(
-        f"error: {vcr_root / 'train.jsonl'}: line 2 (annot_id train-1): question[5] refers"
-    )
+    assert lines[0].startswith(f"error: {vcr_root / 'train.jsonl'}: line 2 (annot_id train-1): question[5] refers")

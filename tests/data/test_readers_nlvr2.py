@@ -92,9 +92,7 @@ def test_empty_sentence(nlvr2_root: Path, edit_jsonl, data_error) -> None:
 def test_line_not_an_object(nlvr2_root: Path, data_error) -> None:
     path = nlvr2_root / FILE
     path.write_text(path.read_text() + "[1, 2]\n")
-    data_error(
-        lambda: read_nlvr2(nlvr2_root, "train"), file=FILE, record="line 4", problem="expected a JSON object"
-    )
+    data_error(lambda: read_nlvr2(nlvr2_root, "train"), file=FILE, record="line 4", problem="expected a JSON object")
 
 
 def test_unknown_task(nlvr2_root: Path) -> None:

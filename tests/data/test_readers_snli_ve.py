@@ -55,9 +55,7 @@ def test_missing_hypothesis(snli_ve_root: Path, edit_jsonl, data_error) -> None:
 
 def test_image_path_escaping_root(snli_ve_root: Path, edit_jsonl, data_error) -> None:
     edit_jsonl(snli_ve_root / FILE, 0, lambda row: row.update(Flickr30K_ID="../../secret"))
-    data_error(
-        lambda: read_snli_ve(snli_ve_root, "train"), file=FILE, record="line 1", problem="points outside"
-    )
+    data_error(lambda: read_snli_ve(snli_ve_root, "train"), file=FILE, record="line 1", problem="points outside")
 
 
 def test_malformed_line_names_line_and_column(snli_ve_root: Path, data_error) -> None:
@@ -79,12 +77,8 @@ def test_malformed_line_names_line_and_column(snli_ve_root: Path, data_error) ->
 def test_non_utf8_line(snli_ve_root: Path, data_error) -> None:
     path = snli_ve_root / FILE
     path.write_bytes(path.read_bytes().replace(b"Two young", b"Two \xff young"))
-    data_error(
-        lambda: read_snli_ve(snli_ve_root, "train"), file=FILE, record="line 3", problem="non-UTF-8 byte 0xff"
-    )
+    data_error(lambda: read_snli_ve(snli_ve_root, "train"), file=FILE, record="line 3", problem="non-UTF-8 byte 0xff")
 
 
 def test_missing_split_file(snli_ve_root: Path, data_error) -> None:
-    data_error(
-        lambda: read_snli_ve(snli_ve_root, "dev"), file="snli_ve_dev.jsonl", record=None, problem="not found"
-    )
+    data_error(lambda: read_snli_ve(snli_ve_root, "dev"), file="snli_ve_dev.jsonl", record=None, problem="not found")

@@ -76,9 +76,7 @@ def test_label_out_of_range(vcr_root: Path, edit_jsonl, data_error) -> None:
 
 def test_three_answer_choices(vcr_root: Path, edit_jsonl, data_error) -> None:
     edit_jsonl(vcr_root / FILE, 1, lambda row: row["answer_choices"].pop())
-    data_error(
-        lambda: read_vcr(vcr_root, "train"), file=FILE, record="line 2", problem="has 3 choices, expected 4"
-    )
+    data_error(lambda: read_vcr(vcr_root, "train"), file=FILE, record="line 2", problem="has 3 choices, expected 4")
 
 
 def test_image_path_escaping_root(vcr_root: Path, edit_jsonl, data_error) -> None:
@@ -113,6 +111,4 @@ def test_box_count_mismatch_names_metadata_and_record(vcr_root: Path, edit_json,
 
 def test_missing_metadata_file(vcr_root: Path, data_error) -> None:
     _metadata_path(vcr_root).unlink()
-    data_error(
-        lambda: read_vcr(vcr_root, "train"), file=META, record="line 1", problem="VCR metadata file not found"
-    )
+    data_error(lambda: read_vcr(vcr_root, "train"), file=META, record="line 1", problem="VCR metadata file not found")

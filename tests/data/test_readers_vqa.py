@@ -53,18 +53,14 @@ def test_missing_annotations_on_train_split(vqa_root: Path, data_error) -> None:
 def test_truncated_json_names_line_and_column(vqa_root: Path, data_error) -> None:
     path = vqa_root / QUESTIONS
     path.write_text(path.read_text()[:-40])
-    err = data_error(
-        lambda: read_vqa(vqa_root, "train2014"), file=QUESTIONS, record=None, problem="line 1, column"
-    )
+    err = data_error(lambda: read_vqa(vqa_root, "train2014"), file=QUESTIONS, record=None, problem="line 1, column")
     assert "truncated" in err.problem
 
 
 def test_non_utf8_bytes(vqa_root: Path, data_error) -> None:
     path = vqa_root / ANNOTATIONS
     path.write_bytes(path.read_bytes().replace(b'"red"', b'"r\xe9d"', 1))
-    data_error(
-        lambda: read_vqa(vqa_root, "train2014"), file=ANNOTATIONS, record=None, problem="non-UTF-8 byte 0xe9"
-    )
+    data_error(lambda: read_vqa(vqa_root, "train2014"), file=ANNOTATIONS, record=None, problem="non-UTF-8 byte 0xe9")
 
 
 def test_question_without_annotation(vqa_root: Path, edit_json, data_error) -> None:

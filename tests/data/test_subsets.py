@@ -17,8 +17,9 @@ def _examples(groups: dict[str, int], pair: bool = False) -> list[TaskExample]:
             stages = ("qa", "qar") if pair else ("",)
             for st in stages:
                 uid = f"{rid}/{st}" if st else rid
-                out.append(TaskExample(uid=uid, task="x", images=(Path("i.jpg"),), texts=("t",), group=g,
-                                       meta={"record": rid}))
+                out.append(
+                    TaskExample(uid=uid, task="x", images=(Path("i.jpg"),), texts=("t",), group=g, meta={"record": rid})
+                )
             n += 1
     return out
 

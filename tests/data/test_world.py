@@ -74,9 +74,7 @@ def test_counts_match_the_default_sizes_times_scale(world: tuple[Path, dict[str,
         assert manifest["params"] == {"generator_version": "1", "style": style, "seed": 0, "scale": SCALE}
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(
-    world: tuple[Path, dict[str, int]], tmp_path: Path
-) -> None:
+def test_same_seed_same_bytes_other_seed_other_bytes(world: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
     out, _ = world
     generate_world(tmp_path / "again", style="base", seed=0, scale=SCALE)
     assert _digests(tmp_path / "again" / "base") == _digests(out / "base")
@@ -171,9 +169,7 @@ def test_vqa_yes_no_answers_are_balanced(world: tuple[Path, dict[str, int]]) -> 
     answers = [
         a["multiple_choice_answer"]
         for style in STYLES
-        for a in json.loads((out / style / "vqa" / "v2_mscoco_train2014_annotations.json").read_text())[
-            "annotations"
-        ]
+        for a in json.loads((out / style / "vqa" / "v2_mscoco_train2014_annotations.json").read_text())["annotations"]
         if a["answer_type"] == "yes/no"
     ]
     share = Counter(answers)["yes"] / len(answers)
@@ -291,9 +287,7 @@ def test_shifted_style_differs_in_background_statistics(world: tuple[Path, dict[
         for path in sorted((out / style / "vqa" / "train2014").glob("*.jpg")):
             pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
             rings.append(np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3)]))
-        return float(np.mean([r.mean() for r in rings])), float(
-            np.mean([r.std(axis=0).mean() for r in rings])
-        )
+        return float(np.mean([r.mean() for r in rings])), float(np.mean([r.std(axis=0).mean() for r in rings]))
 
     base_mean, base_std = border_stats("base")
     shifted_mean, shifted_std = border_stats("shifted")
@@ -308,9 +302,7 @@ def test_shape_geometry_and_referring_expressions() -> None:
     assert circle.box() == (5.0, 23.0, 23.0, 41.0)
     assert square.box() == pytest.approx((46.0, 28.0, 54.0, 36.0))
     scene = Scene((circle, square, other))
-    assert (
-        scene.count(kind="circle") == 2 and scene.count(colour="red") == 2 and scene.count(size="small") == 2
-    )
+    assert scene.count(kind="circle") == 2 and scene.count(colour="red") == 2 and scene.count(size="small") == 2
     rng = np.random.default_rng(0)
     assert refer(scene, 1, rng) in ("the square", "the red square")
     assert refer(scene, 0, rng, exclude=("colour", "size", "position")) is None

@@ -11,11 +11,15 @@ from vldistill.data.world.captions import MAX_WORDS, count_phrase, describe_scen
 from vldistill.data.world.language import NUMBER_WORDS
 from vldistill.data.world.scene import COLOURS, Scene, Shape, sample_scene
 
-_NUMBER = {w: n for n, w in enumerate(NUMBER_WORDS)} | {str(n): n for n in range(9)} | {
-    "a": 1,
-    "an": 1,
-    "no": 0,
-}
+_NUMBER = (
+    {w: n for n, w in enumerate(NUMBER_WORDS)}
+    | {str(n): n for n in range(9)}
+    | {
+        "a": 1,
+        "an": 1,
+        "no": 0,
+    }
+)
 # "there are 2 red circles", "no triangles", "a blue shape", "there is no red star"
 _COUNT = re.compile(
     r"^(?:there (?:is|are) )?(?P<n>\d|[a-z]+) (?P<colour>[a-z]+ )?(?P<kind>circle|square|triangle|star|shape)s?$"

@@ -181,9 +181,7 @@ def test_attention_kl_matches_a_direct_loop() -> None:
                         t, s = teacher[i, h, q, k].item(), student[i, h, q, k].item()
                         total += t * math.log(t / s)
     assert count == 2 * (3 + 1 + 4)
-    assert attention_kl(teacher, student, query_mask, key_mask).item() == pytest.approx(
-        total / count, rel=1e-5
-    )
+    assert attention_kl(teacher, student, query_mask, key_mask).item() == pytest.approx(total / count, rel=1e-5)
 
 
 def test_attention_kl_gradient_only_at_real_positions() -> None:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_configs import tiny_tree
 
 from vldistill.cache import open_teacher_cache
 from vldistill.config import parse_config
@@ -14,8 +15,6 @@ from vldistill.errors import ConfigError
 from vldistill.experiment import build_models, load_data
 from vldistill.plan import make_plan
 from vldistill.train import train
-
-from tiny_configs import tiny_tree
 
 CASES = {
     "none": dict(task="vqa", method="none"),
@@ -29,8 +28,11 @@ CASES = {
 def _first_batch(cfg):
     data = load_data(cfg.data)
     built = build_models(cfg, data)
-    loader = torch.utils.data.DataLoader(ExampleDataset(data.train), batch_size=6,
-                                         collate_fn=collate_fn(built.processor, data.task, data.builder.answers or None))
+    loader = torch.utils.data.DataLoader(
+        ExampleDataset(data.train),
+        batch_size=6,
+        collate_fn=collate_fn(built.processor, data.task, data.builder.answers or None),
+    )
     batch = next(iter(loader))
     out = built.student(batch.student, output_cross_attention=built.method.needs_cross_attention)
     targets = built.method.targets(batch)
@@ -46,11 +48,13 @@ def test_each_method_runs_from_a_config(name, tmp_path):
     assert summary["method"] == name
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     terms = [k for k in row if k.startswith("train_")]
-    expected = {"none": {"train_task"},
-                "kd": {"train_task", "train_feature/clip/image", "train_feature/clip/text"},
-                "clip_td": {"train_task", "train_feature/clip/image", "train_feature/clip/text"},
-                "mad": {"train_task", "train_feature/vision/image", "train_feature/text/text"},
-                "dide": {"train_task", "train_attention/t2i", "train_attention/i2t", "train_logits/soft_labels"}}[name]
+    expected = {
+        "none": {"train_task"},
+        "kd": {"train_task", "train_feature/clip/image", "train_feature/clip/text"},
+        "clip_td": {"train_task", "train_feature/clip/image", "train_feature/clip/text"},
+        "mad": {"train_task", "train_feature/vision/image", "train_feature/text/text"},
+        "dide": {"train_task", "train_attention/t2i", "train_attention/i2t", "train_logits/soft_labels"},
+    }[name]
     assert set(terms) == expected
     assert all(torch.isfinite(torch.tensor(row[k])) and row[k] >= 0 for k in terms if k != "train_task")
     metric = summary["primary_metric"]
@@ -137,8 +141,9 @@ def test_cache_hit_miss_and_staleness(tmp_path, monkeypatch):
 
 def test_method_config_errors_name_the_fix():
     with pytest.raises(ConfigError, match="kind clip"):
-        build_models(parse_config(tiny_tree("vqa", "clip_td", ("vision",)), "t"),
-                     load_data(parse_config(tiny_tree(), "t").data))
+        build_models(
+            parse_config(tiny_tree("vqa", "clip_td", ("vision",)), "t"), load_data(parse_config(tiny_tree(), "t").data)
+        )
     cfg = parse_config(tiny_tree("snli_ve", "mad", ("vision",), method_options={"selection": "teacher_relevance"}), "t")
     with pytest.raises(ConfigError, match="joint image-text space"):
         make_plan(cfg)

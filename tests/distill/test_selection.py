@@ -98,9 +98,7 @@ def test_selection_mask_strategies() -> None:
         TokenSelection.TEACHER_RELEVANCE, mask=mask, teacher_scores=teacher, student_cls_scores=student, k=2
     )
     assert by_teacher.tolist() == [[T, F, T, F]]
-    by_student = selection_mask(
-        "student_cls", mask=mask, teacher_scores=teacher, student_cls_scores=student, ratio=0.5
-    )
+    by_student = selection_mask("student_cls", mask=mask, teacher_scores=teacher, student_cls_scores=student, ratio=0.5)
     # ceil(0.5 * 3 real) = 2 -> 0.9 @1 and 0.8 @2
     assert by_student.tolist() == [[F, T, T, F]]
 

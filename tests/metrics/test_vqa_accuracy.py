@@ -211,9 +211,7 @@ def test_bad_annotations_and_questions(files: dict[str, Path]) -> None:
     annotations = json.loads(files["annotations"].read_text())
     annotations["annotations"][1]["answers"] = []
     files["annotations"].write_text(json.dumps(annotations))
-    with pytest.raises(
-        DataError, match=r"annotations\[1\] \(question_id 11\): 'answers' is not a non-empty list"
-    ):
+    with pytest.raises(DataError, match=r"annotations\[1\] \(question_id 11\): 'answers' is not a non-empty list"):
         load_and_evaluate(files["questions"], files["annotations"], files["results"])
 
     files["questions"].write_text(json.dumps({"questions": [{"question_id": 10}]}))

@@ -62,9 +62,7 @@ def _examples() -> dict[str, list[TaskExample]]:
         ],
         "vcr": [TaskExample(f"v{i}/qa", "vcr", img, texts, label=i + 1) for i, texts in enumerate(vcr_texts)],
         "nlvr2": [
-            TaskExample(
-                "n0", "nlvr2", (Path("l.png"), Path("r.png")), ("The left image has more cubes.",), label=1
-            ),
+            TaskExample("n0", "nlvr2", (Path("l.png"), Path("r.png")), ("The left image has more cubes.",), label=1),
             TaskExample("n1", "nlvr2", (Path("l.png"), Path("r.png")), ("No balls",), label=0),
         ],
     }
@@ -89,9 +87,7 @@ def processor(minilm_path: Path) -> Processor:
 def task_batches() -> dict[str, tuple[list[TaskExample], list[list[Image.Image]]]]:
     batches = {}
     for t, (task, examples) in enumerate(_examples().items()):
-        images = [
-            [_image(100 * t + 10 * b + i) for i in range(len(ex.images))] for b, ex in enumerate(examples)
-        ]
+        images = [[_image(100 * t + 10 * b + i) for i in range(len(ex.images))] for b, ex in enumerate(examples)]
         batches[task] = (examples, images)
     return batches
 

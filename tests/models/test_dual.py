@@ -147,21 +147,15 @@ def test_save_and_load_round_trip(task: str, build, make_inputs, answers, tmp_pa
 
 def test_pretrained_towers_keep_their_weights(minilm_path: Path, make_inputs, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    clip = CLIPModel(
-        CLIPConfig(vision_config={"image_size": 32, "patch_size": 8, **SMALL}, text_config=SMALL)
-    )
+    clip = CLIPModel(CLIPConfig(vision_config={"image_size": 32, "patch_size": 8, **SMALL}, text_config=SMALL))
     clip.save_pretrained(tmp_path / "clip")  # a full CLIP checkpoint: its vision tower is taken
-    cfg = StudentConfig(
-        kind="dual", image_pretrained=str(tmp_path / "clip"), text_pretrained=str(minilm_path)
-    )
+    cfg = StudentConfig(kind="dual", image_pretrained=str(tmp_path / "clip"), text_pretrained=str(minilm_path))
     model = build_student(cfg, "nlvr2", 2).eval()
     assert isinstance(model.vision_model, CLIPVisionModel)
     clip_q = clip.vision_model.encoder.layers[0].self_attn.q_proj.weight
     assert torch.equal(model.vision_model.encoder.layers[0].self_attn.q_proj.weight, clip_q)
     minilm = BertModel.from_pretrained(minilm_path)
-    assert torch.equal(
-        model.text_model.embeddings.word_embeddings.weight, minilm.embeddings.word_embeddings.weight
-    )
+    assert torch.equal(model.text_model.embeddings.word_embeddings.weight, minilm.embeddings.word_embeddings.weight)
     with torch.no_grad():
         out = model(make_inputs("nlvr2"))
     # MiniLM is 384 wide: image features are projected to it

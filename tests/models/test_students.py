@@ -13,9 +13,7 @@ from vldistill.models.students import STUDENT_FILE, StudentConfig, build_student
 
 def test_kinds_build_their_class(tiny_sizes) -> None:
     assert isinstance(build_student(StudentConfig(kind="fusion", **tiny_sizes), "snli_ve", 3), FusionStudent)
-    assert isinstance(
-        build_student(StudentConfig(kind="dual", **tiny_sizes), "snli_ve", 3), DualEncoderStudent
-    )
+    assert isinstance(build_student(StudentConfig(kind="dual", **tiny_sizes), "snli_ve", 3), DualEncoderStudent)
 
 
 @pytest.mark.parametrize(

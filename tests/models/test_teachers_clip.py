@@ -39,8 +39,17 @@ def make_batch(task: str, counts: tuple[int, ...] | None = None, seed: int = 0):
     for b, k in enumerate(counts):
         texts = tuple(" ".join(rng.choice(words, size=3 + t)) for t in range(n_texts))
         cands = tuple(f"a {words[c]} shape" for c in range(k))
-        examples.append(TaskExample(f"{task}-{b}", task, tuple(Path(f"{b}-{i}.png") for i in range(n_images)),
-                                    texts, label=0, candidates=cands, gold_candidate=0 if k else -1))
+        examples.append(
+            TaskExample(
+                f"{task}-{b}",
+                task,
+                tuple(Path(f"{b}-{i}.png") for i in range(n_images)),
+                texts,
+                label=0,
+                candidates=cands,
+                gold_candidate=0 if k else -1,
+            )
+        )
         pixels = rng.integers(0, 256, (n_images, 40, 40, 3), dtype=np.uint8)
         images.append([Image.fromarray(p) for p in pixels])
     return examples, images
@@ -185,8 +194,12 @@ def test_trained_model_reloads_with_another_fingerprint(teacher: CLIPTeacher, tm
     model.train().requires_grad_(True)
     examples, images = make_batch("vqa")
     inputs = teacher.processor(examples, images)
-    out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                pixel_values=inputs.pixel_values, return_loss=True)
+    out = model(
+        input_ids=inputs.input_ids,
+        attention_mask=inputs.attention_mask,
+        pixel_values=inputs.pixel_values,
+        return_loss=True,
+    )
     out.loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.5).step()
     model.save_pretrained(tmp_path / "trained")

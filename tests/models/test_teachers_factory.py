@@ -47,13 +47,22 @@ def test_config_from_yaml_like_dict() -> None:
     raw = {"kind": "vision", "pretrained": "efficientnet-lite0", "image_size": 96}
     cfg = TeacherConfig.model_validate(raw)
     assert (cfg.kind, cfg.pretrained, cfg.image_size, cfg.max_length, cfg.tiny) == (
-        "vision", "efficientnet-lite0", 96, 40, None)
+        "vision",
+        "efficientnet-lite0",
+        96,
+        40,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
     ("kind", "cls", "task"),
-    [("clip", CLIPTeacher, None), ("vision", VisionTeacher, None), ("text", TextTeacher, None),
-     ("fusion", FusionTeacher, "vcr")],
+    [
+        ("clip", CLIPTeacher, None),
+        ("vision", VisionTeacher, None),
+        ("text", TextTeacher, None),
+        ("fusion", FusionTeacher, "vcr"),
+    ],
 )
 def test_build_tiny_teacher_of_each_kind(kind: str, cls: type, task: str | None) -> None:
     teacher = build_teacher(TeacherConfig(kind=kind, tiny=TinyTeacherConfig(), max_length=24), task=task)

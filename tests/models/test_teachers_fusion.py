@@ -28,12 +28,18 @@ def make_batch(task: str, batch_size: int = 2, seed: int = 0):
     rng = np.random.default_rng(seed)
     words = ["red", "blue", "circle", "square", "left", "big", "is", "there"]
     examples = [
-        TaskExample(f"{b}", task, tuple(Path(f"{b}-{i}") for i in range(n_images)),
-                    tuple(" ".join(rng.choice(words, size=2 + t + b)) for t in range(n_texts)))
+        TaskExample(
+            f"{b}",
+            task,
+            tuple(Path(f"{b}-{i}") for i in range(n_images)),
+            tuple(" ".join(rng.choice(words, size=2 + t + b)) for t in range(n_texts)),
+        )
         for b in range(batch_size)
     ]
-    images = [[Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(n_images)]
-              for _ in range(batch_size)]
+    images = [
+        [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(n_images)]
+        for _ in range(batch_size)
+    ]
     return examples, images
 
 
@@ -94,8 +100,13 @@ def test_loads_a_plain_hugging_face_vilt_vqa_directory(tmp_path: Path) -> None:
     """A directory as dandelin/vilt-b32-finetuned-vqa is laid out: ViltForQuestionAnswering weights,
     labels in the config, tokenizer and preprocessor config."""
     teacher = tiny_teacher("vqa")
-    config = ViltConfig(**{k: v for k, v in teacher.student.config.to_dict().items()
-                           if k not in ("architectures", "transformers_version")})
+    config = ViltConfig(
+        **{
+            k: v
+            for k, v in teacher.student.config.to_dict().items()
+            if k not in ("architectures", "transformers_version")
+        }
+    )
     torch.manual_seed(3)
     hf = ViltForQuestionAnswering(config)
     hf.save_pretrained(tmp_path / "hf")

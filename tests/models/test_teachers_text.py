@@ -19,8 +19,9 @@ def batch_of(task: str, texts: list[str]) -> tuple[list[TaskExample], list[list[
     """One example per text (vcr: the texts are one example's four candidates)."""
     n_images, n_texts = LAYOUT[task]
     groups = [tuple(texts[i : i + n_texts]) for i in range(0, len(texts), n_texts)]
-    examples = [TaskExample(f"{b}", task, tuple(Path(f"{b}-{i}") for i in range(n_images)), g)
-                for b, g in enumerate(groups)]
+    examples = [
+        TaskExample(f"{b}", task, tuple(Path(f"{b}-{i}") for i in range(n_images)), g) for b, g in enumerate(groups)
+    ]
     return examples, [[Image.new("RGB", (20, 20), "red")] * n_images for _ in groups]
 
 

@@ -27,10 +27,19 @@ IMAGENET_CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyp
 def make_batch(task: str, batch_size: int = 2, seed: int = 0):
     n_images, n_texts = LAYOUT[task]
     rng = np.random.default_rng(seed)
-    examples = [TaskExample(f"{b}", task, tuple(Path(f"{b}-{i}") for i in range(n_images)),
-                            tuple(f"text {t} of {b}" for t in range(n_texts))) for b in range(batch_size)]
-    images = [[Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(n_images)]
-              for _ in range(batch_size)]
+    examples = [
+        TaskExample(
+            f"{b}",
+            task,
+            tuple(Path(f"{b}-{i}") for i in range(n_images)),
+            tuple(f"text {t} of {b}" for t in range(n_texts)),
+        )
+        for b in range(batch_size)
+    ]
+    images = [
+        [Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(n_images)]
+        for _ in range(batch_size)
+    ]
     return examples, images
 
 

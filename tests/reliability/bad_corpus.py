@@ -82,9 +82,7 @@ def _vqa_annotation(index: int, change: Callable[[dict[str, Any]], None]) -> Cal
     return lambda root: edit_json(vqa_annotations(root), lambda top: change(top["annotations"][index]))
 
 
-def _line(
-    path: Callable[[Path], Path], index: int, change: Callable[[dict[str, Any]], None]
-) -> Callable[[Path], None]:
+def _line(path: Callable[[Path], Path], index: int, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
     return lambda root: edit_jsonl(path(root), index, change)
 
 
@@ -455,9 +453,7 @@ CONFIG_CASES: list[BadInput] = [
         b"data:\n  task: vqa\n  root: [world\ntrain: {epochs: 1}\n",
         lambda f: ("config.yaml", "line 4", "invalid YAML"),
     ),
-    _raw_config(
-        "config-non-utf8", b"name: caf\xe9\ndata: {task: vqa}\n", lambda f: ("config.yaml", "not UTF-8")
-    ),
+    _raw_config("config-non-utf8", b"name: caf\xe9\ndata: {task: vqa}\n", lambda f: ("config.yaml", "not UTF-8")),
     BadInput(
         "config-missing-file",
         lambda f: ["train", str(f / "absent.yaml"), "--out", str(f / "run")],

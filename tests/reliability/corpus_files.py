@@ -58,10 +58,7 @@ def png_header(path: Path, width: int, height: int) -> None:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
 
 
@@ -101,9 +98,7 @@ def write_vqa(root: Path) -> Path:
             head
             | {
                 "task_type": "Open-Ended",
-                "questions": [
-                    {"image_id": i, "question": q, "question_id": qid} for qid, i, q, _ in questions
-                ],
+                "questions": [{"image_id": i, "question": q, "question_id": qid} for qid, i, q, _ in questions],
             }
         ),
         encoding="utf-8",
@@ -221,9 +216,7 @@ class CliResult:
     err: str
 
 
-def run_cli(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> CliResult:
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CliResult:
     """``vldistill ARGS`` through the console script's entry point, in this process."""
     monkeypatch.setattr(sys, "argv", ["vldistill", *args])
     capsys.readouterr()

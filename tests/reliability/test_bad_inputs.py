@@ -58,9 +58,7 @@ def test_console_script_prints_the_same_one_line(name: str, tmp_path: Path) -> N
     case = next(case for case in ALL_CASES if case.name == name)
     folder = tmp_path / "case"
     args = case.build(folder)
-    proc = subprocess.run(
-        [sys.executable, "-m", "vldistill", *args], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-m", "vldistill", *args], capture_output=True, text=True, timeout=120)
     assert_one_line_error(CliResult(proc.returncode, proc.stdout, proc.stderr), case.expect(folder))
 
 
@@ -115,9 +113,7 @@ def test_training_with_skip_bad_says_what_it_skipped(tmp_path: Path, monkeypatch
         data={"root": str(root), "skip_bad": True, "max_train": None, "max_eval": None, "world_scale": 1.0},
     )
     config = write_config(tmp_path / "skip.yaml", tree)
-    result = run_cli(
-        ["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"], monkeypatch, capsys
-    )
+    result = run_cli(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"], monkeypatch, capsys)
     assert result.code == 0, result.err[-2000:]
     said = result.out + result.err
     assert re.search(r"skipped 1 ", said), said
@@ -179,9 +175,7 @@ DAMAGES = [
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-def test_damaged_teacher_cache_is_named(
-    damage: str, built_cache, tmp_path: Path, monkeypatch, capsys
-) -> None:
+def test_damaged_teacher_cache_is_named(damage: str, built_cache, tmp_path: Path, monkeypatch, capsys) -> None:
     config, built = built_cache
     root, folder = _copy_cache(built, tmp_path)
     shard = sorted(folder.glob("shard-*.safetensors"))[0]

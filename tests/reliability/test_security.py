@@ -166,16 +166,12 @@ def test_yaml_python_tags_run_nothing(tmp_path: Path, monkeypatch, capsys) -> No
     config.write_text(
         f'name: !!python/object/apply:os.system ["touch {marker}"]\ndata: {{task: vqa}}\n', encoding="utf-8"
     )
-    assert_one_line_error(
-        run_cli(["plan", str(config)], monkeypatch, capsys), ("tagged.yaml", "invalid YAML")
-    )
+    assert_one_line_error(run_cli(["plan", str(config)], monkeypatch, capsys), ("tagged.yaml", "invalid YAML"))
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("value", ['!!python/object/apply:os.system ["touch {marker}"]', "[unclosed"])
-def test_override_values_are_safe_yaml_with_a_clear_error(
-    value: str, tmp_path: Path, monkeypatch, capsys
-) -> None:
+def test_override_values_are_safe_yaml_with_a_clear_error(value: str, tmp_path: Path, monkeypatch, capsys) -> None:
     marker = tmp_path / "pwned"
     args = ["plan", "--preset", "smoke", "--set", "name=" + value.format(marker=marker)]
     assert_one_line_error(run_cli(args, monkeypatch, capsys), ("override", "name"))
@@ -262,17 +258,13 @@ ESCAPES = [
     (
         "snli_ve-flickr-id-parent",
         "snli_ve",
-        lambda r: edit_jsonl(
-            r / "snli_ve_train.jsonl", 2, lambda row: row.update({"Flickr30K_ID": "../../etc/x"})
-        ),
+        lambda r: edit_jsonl(r / "snli_ve_train.jsonl", 2, lambda row: row.update({"Flickr30K_ID": "../../etc/x"})),
         ("snli_ve_train.jsonl", "line 3", "Flickr30K_ID", "outside"),
     ),
     (
         "nlvr2-identifier-parent",
         "nlvr2",
-        lambda r: edit_jsonl(
-            r / "train.json", 0, lambda row: row.update(identifier="train-5-0-0/../../../../etc/x")
-        ),
+        lambda r: edit_jsonl(r / "train.json", 0, lambda row: row.update(identifier="train-5-0-0/../../../../etc/x")),
         ("train.json", "line 1", "identifier"),
     ),
     (
@@ -286,9 +278,7 @@ ESCAPES = [
 
 
 @pytest.mark.parametrize(("name", "task", "escape", "expect"), ESCAPES, ids=[e[0] for e in ESCAPES])
-def test_image_paths_cannot_leave_the_dataset_root(
-    name, task, escape, expect, tmp_path, monkeypatch, capsys
-) -> None:
+def test_image_paths_cannot_leave_the_dataset_root(name, task, escape, expect, tmp_path, monkeypatch, capsys) -> None:
     if task == "vqa":  # ids are integers, so a path cannot be written; a negative id is still refused
         root = write_vqa(tmp_path / task)
         path = root / "v2_OpenEnded_mscoco_train2014_questions.json"
@@ -298,6 +288,4 @@ def test_image_paths_cannot_leave_the_dataset_root(
         root = {"vcr": write_vcr, "snli_ve": write_snli_ve, "nlvr2": write_nlvr2}[task](tmp_path / task)
         escape(root)
         split = "train"
-    assert_one_line_error(
-        run_cli(["data", "check", task, str(root), "--split", split], monkeypatch, capsys), expect
-    )
+    assert_one_line_error(run_cli(["data", "check", task, str(root), "--split", split], monkeypatch, capsys), expect)

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Validate datasets in their official layouts; generate the embedded world.", no_args_is_help=True)
+app = typer.Typer(
+    help="Validate datasets in their official layouts; generate the embedded world.", no_args_is_help=True
+)
 console = Console()
 
 

@@ -66,7 +66,8 @@ def cache_build(config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt
         return
     for teacher in built.method.teachers.values():
         teacher.to(state.device)
-    cache = open_teacher_cache(cfg, data, built.method, rank=state.process_index, world=state.num_processes,
-                               barrier=state.wait_for_everyone)
+    cache = open_teacher_cache(
+        cfg, data, built.method, rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone
+    )
     if state.is_main_process:
         console.print(f"teacher cache {cache.folder}: {len(cache.rows)} examples, {len(cache.shards)} shards")

@@ -86,9 +86,7 @@ def vcr(
     from vldistill.metrics.vcr import load_vcr_predictions, vcr_accuracy
 
     records = _read_records("vcr", root, split)
-    pairs = (
-        (r.annot_id, None if r.answer_label is None else (r.answer_label, r.rationale_label)) for r in records
-    )
+    pairs = ((r.annot_id, None if r.answer_label is None else (r.answer_label, r.rationale_label)) for r in records)
     gold = gold_labels(pairs, f"{root} ({split})")
     pred = load_vcr_predictions(predictions)
     check_coverage(pred, gold, predictions)

@@ -36,8 +36,7 @@ def _image_problem(path: Path) -> tuple[str, str] | None:
                 width, height = image.size
                 if width * height > MAX_MEGAPIXELS * 1_000_000:
                     return (
-                        f"image is {width}x{height} pixels, over {MAX_MEGAPIXELS} megapixels"
-                        " (a decompression bomb?)",
+                        f"image is {width}x{height} pixels, over {MAX_MEGAPIXELS} megapixels (a decompression bomb?)",
                         "replace the image with the publisher's original",
                     )
                 if image.format == "JPEG":
@@ -86,9 +85,7 @@ def _counts(task: str, records: list[Record]) -> dict[str, int]:
     if task == "vqa":
         vqa = [r for r in records if isinstance(r, VQARecord)]
         types = Counter(r.answer_type for r in vqa if r.answers)
-        return {"answers": sum(len(r.answers) for r in vqa)} | {
-            f"answer_type.{k}": v for k, v in sorted(types.items())
-        }
+        return {"answers": sum(len(r.answers) for r in vqa)} | {f"answer_type.{k}": v for k, v in sorted(types.items())}
     if task == "snli_ve":
         labels = Counter(r.gold_label for r in records if isinstance(r, SNLIVERecord))
         return {f"labels.{label}": labels[label] for label in VE_LABELS}

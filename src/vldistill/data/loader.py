@@ -36,7 +36,9 @@ class ImageStore:
             with Image.open(path) as raw:
                 img = raw.convert("RGB")
         except (OSError, UnidentifiedImageError) as err:
-            raise DataError(path, None, f"cannot read image ({err})", "replace the file or run `vldistill data check`") from err
+            raise DataError(
+                path, None, f"cannot read image ({err})", "replace the file or run `vldistill data check`"
+            ) from err
         self._images[path] = img
         if len(self._images) > self.capacity:
             self._images.popitem(last=False)

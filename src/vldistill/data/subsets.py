@@ -96,13 +96,17 @@ def apply_manifest(path: Path, examples: Sequence[TaskExample]) -> list[TaskExam
         body = json.loads(path.read_text())
         ids = body["ids"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(path, None, f"not a readable subset manifest ({err})", "rewrite it with write_manifest") from err
+        raise DataError(
+            path, None, f"not a readable subset manifest ({err})", "rewrite it with write_manifest"
+        ) from err
     wanted = set(ids)
     present = {ex.meta.get("record", ex.uid) for ex in examples}
     missing = sorted(wanted - present)
     if missing:
         raise DataError(
-            path, f"id {missing[0]}", f"{len(missing)} record(s) of the manifest are not in the dataset",
+            path,
+            f"id {missing[0]}",
+            f"{len(missing)} record(s) of the manifest are not in the dataset",
             "apply the manifest to the dataset it was drawn from",
         )
     return [ex for ex in examples if ex.meta.get("record", ex.uid) in wanted]

@@ -166,12 +166,26 @@ class ExampleBuilder:
         common = {"record": r.annot_id}
         return [
             TaskExample(
-                uid=f"{r.annot_id}/qa", task="vcr", images=(r.image_path,), texts=qa_texts, label=a_label,
-                candidates=qa_texts, gold_candidate=a_label, group=str(a_label), meta={**common, "stage": "qa"},
+                uid=f"{r.annot_id}/qa",
+                task="vcr",
+                images=(r.image_path,),
+                texts=qa_texts,
+                label=a_label,
+                candidates=qa_texts,
+                gold_candidate=a_label,
+                group=str(a_label),
+                meta={**common, "stage": "qa"},
             ),
             TaskExample(
-                uid=f"{r.annot_id}/qar", task="vcr", images=(r.image_path,), texts=qar_texts, label=r_label,
-                candidates=qar_texts, gold_candidate=r_label, group=str(r_label), meta={**common, "stage": "qar"},
+                uid=f"{r.annot_id}/qar",
+                task="vcr",
+                images=(r.image_path,),
+                texts=qar_texts,
+                label=r_label,
+                candidates=qar_texts,
+                gold_candidate=r_label,
+                group=str(r_label),
+                meta={**common, "stage": "qar"},
             ),
         ]
 

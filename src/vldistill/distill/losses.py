@@ -45,8 +45,7 @@ def feature_distance(
     """
     if student.shape != teacher.shape or student.shape[:2] != mask.shape:
         raise ValueError(
-            f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} "
-            f"and mask {tuple(mask.shape)} disagree"
+            f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and mask {tuple(mask.shape)} disagree"
         )
     s = student[mask].float()
     t = teacher.detach()[mask].float()
@@ -78,9 +77,7 @@ def weighted_feature_loss(per_instance: torch.Tensor, weights: torch.Tensor) -> 
         ``per_instance = [2, 4]``, ``weights = [0.5, 0]`` -> ``(1 + 0) / 2 = 0.5``.
     """
     if per_instance.shape != weights.shape:
-        raise ValueError(
-            f"per_instance {tuple(per_instance.shape)} and weights {tuple(weights.shape)} disagree"
-        )
+        raise ValueError(f"per_instance {tuple(per_instance.shape)} and weights {tuple(weights.shape)} disagree")
     return (weights.detach().to(per_instance.dtype) * per_instance).mean()
 
 
@@ -109,8 +106,7 @@ def logit_kd(
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits "
-            f"{tuple(teacher_logits.shape)} disagree"
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} disagree"
         )
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
@@ -187,9 +183,7 @@ def attention_kl(
         raise ValueError(f"teacher {tuple(teacher.shape)} and student {tuple(student.shape)} disagree")
     n, heads, queries, keys = student.shape
     if query_mask.shape != (n, queries) or key_mask.shape != (n, keys):
-        raise ValueError(
-            f"query_mask {tuple(query_mask.shape)} or key_mask {tuple(key_mask.shape)} do not fit"
-        )
+        raise ValueError(f"query_mask {tuple(query_mask.shape)} or key_mask {tuple(key_mask.shape)} do not fit")
     real = query_mask[:, None, :, None] & key_mask[:, None, None, :]
     # Fill padded positions before any log (t = 0, s = 1): their terms are exactly 0 and their values,
     # even NaN, reach neither the loss nor the gradient.

@@ -65,8 +65,9 @@ class Method(nn.Module):
     needs_cross_attention: ClassVar[bool] = False
     default_logit_weight: ClassVar[float] = 0.0
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
-                 answers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.task = task
@@ -95,16 +96,23 @@ class Method(nn.Module):
         """:meth:`targets` of any examples and their decoded images (the cache builder's entry)."""
         return {
             name: teacher_targets(
-                t, examples, images, max_words=self.cfg.max_words,
-                max_candidates=self.cfg.max_candidates, candidates=self.needs_candidates(name),
+                t,
+                examples,
+                images,
+                max_words=self.cfg.max_words,
+                max_candidates=self.cfg.max_candidates,
+                candidates=self.needs_candidates(name),
             )
             for name, t in self._teachers.items()
         }
 
     def cache_settings(self) -> dict[str, Any]:
         """Everything besides teachers and data that changes the targets (part of the cache key)."""
-        return {"max_words": self.cfg.max_words, "max_candidates": self.cfg.max_candidates,
-                "candidates": sorted(n for n in self._teachers if self.needs_candidates(n))}
+        return {
+            "max_words": self.cfg.max_words,
+            "max_candidates": self.cfg.max_candidates,
+            "candidates": sorted(n for n in self._teachers if self.needs_candidates(n)),
+        }
 
     def setup(self, out: StudentOutput, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Create the projections once the student's and teachers' widths are known (one batch)."""
@@ -124,11 +132,15 @@ class Method(nn.Module):
                 where = {a: i for i, a in enumerate(teacher_answers)}
                 self._logit_maps[name] = torch.tensor([where.get(a, -1) for a in self.answers])
                 if not bool((self._logit_maps[name] >= 0).any()):
-                    raise ConfigError(f"teacher '{name}' shares no answer with the student's answer vocabulary; "
-                                      "fix: use a teacher fine-tuned on this dataset's answers")
+                    raise ConfigError(
+                        f"teacher '{name}' shares no answer with the student's answer vocabulary; "
+                        "fix: use a teacher fine-tuned on this dataset's answers"
+                    )
             elif t["logits"].shape[-1] != out.logits.shape[-1]:
-                raise ConfigError(f"teacher '{name}' has {t['logits'].shape[-1]} classes, the student "
-                                  f"{out.logits.shape[-1]}; fix: use a teacher fine-tuned on this task")
+                raise ConfigError(
+                    f"teacher '{name}' has {t['logits'].shape[-1]} classes, the student "
+                    f"{out.logits.shape[-1]}; fix: use a teacher fine-tuned on this task"
+                )
 
     def teacher_logits(self, name: str, logits: torch.Tensor) -> torch.Tensor:
         """``(B, C_student)`` teacher logits in the student's class order (see :meth:`_map_teacher_logits`)."""
@@ -183,8 +195,9 @@ class FeatureDistillation(Method):
     default_selection: ClassVar[str] = "all"
     default_weighting: ClassVar[str] = "constant"
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
-                 answers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
+    ) -> None:
         super().__init__(cfg, teachers, task, answers)
         if not teachers:
             raise ConfigError(f"method '{self.name}' needs at least one teacher; fix: add method.teachers")
@@ -215,7 +228,9 @@ class FeatureDistillation(Method):
             raise ConfigError("method.logit_weight > 0 needs a fusion teacher; fix: add one or set it to 0")
         self._map_teacher_logits(out, targets)
 
-    def weights(self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> torch.Tensor:
+    def weights(
+        self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]
+    ) -> torch.Tensor:
         """``(B,)`` per-instance weights of the feature terms."""
         b = batch.targets.shape[0]
         cfg = self.cfg
@@ -228,16 +243,21 @@ class FeatureDistillation(Method):
         gold = torch.tensor([ex.gold_candidate for ex in batch.examples], device=out.logits.device)
         gold = torch.where(gold < cfg.max_candidates, gold, torch.full_like(gold, -1))
         return confidence_weights(
-            t["candidate_logits"], t["candidate_mask"], gold, temperature=cfg.weight_temperature,
-            floor=cfg.weight_floor, normalize=cfg.weight_normalize,
+            t["candidate_logits"],
+            t["candidate_mask"],
+            gold,
+            temperature=cfg.weight_temperature,
+            floor=cfg.weight_floor,
+            normalize=cfg.weight_normalize,
         )
 
     def _views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         s = batch.student
         return view_index(s.task, s.batch_size, s.n_images, s.n_texts)
 
-    def _select(self, kind: str, student_scores: torch.Tensor | None, teacher_scores: torch.Tensor | None,
-                mask: torch.Tensor) -> torch.Tensor:
+    def _select(
+        self, kind: str, student_scores: torch.Tensor | None, teacher_scores: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor:
         if self.selection == "teacher_relevance" and teacher_scores is None:
             raise ConfigError(
                 f"method '{self.name}': selection teacher_relevance needs a teacher with a joint image-text "
@@ -248,8 +268,14 @@ class FeatureDistillation(Method):
                 f"method '{self.name}': selection student_cls needs a fusion student's [CLS] attention; "
                 "fix: set method.selection to teacher_relevance or all"
             )
-        return selection_mask(self.selection, mask=mask, teacher_scores=teacher_scores,
-                              student_cls_scores=student_scores, k=self.cfg.top_k, ratio=self.cfg.ratio)
+        return selection_mask(
+            self.selection,
+            mask=mask,
+            teacher_scores=teacher_scores,
+            student_cls_scores=student_scores,
+            k=self.cfg.top_k,
+            ratio=self.cfg.ratio,
+        )
 
     def token_pairs(self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]):
         """Yield ``(term, student (N,K,Dt) projected, teacher (N,K,Dt), selected (N,K) bool)`` per view."""
@@ -281,14 +307,18 @@ class FeatureDistillation(Method):
                 mask = student_mask & t["text_word_mask"].flatten(0, 1)[txt_ix]
                 scores = None
                 if "text_word_embeds" in t and "image_embeds" in t:
-                    scores = relevance(t["text_word_embeds"].flatten(0, 1)[txt_ix], t["image_embeds"].flatten(0, 1)[img_ix])
+                    scores = relevance(
+                        t["text_word_embeds"].flatten(0, 1)[txt_ix], t["image_embeds"].flatten(0, 1)[img_ix]
+                    )
                 cls_words = None
                 if cls_text is not None:
                     cls_words = pool_words(cls_text.unsqueeze(-1), out.text_word_index, w)[0].squeeze(-1)
                 sel = self._select("text", cls_words, scores, mask)
                 yield f"{name}/text", self.projections[f"{name}_text"](student_words), teacher, sel
 
-    def losses(self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
         b = batch.targets.shape[0]
         weights = self.weights(out, batch, targets)
         terms: dict[str, torch.Tensor] = {}
@@ -307,8 +337,15 @@ class FeatureDistillation(Method):
 
     def describe(self) -> dict[str, Any]:
         c = self.cfg
-        return {"method": self.name, "selection": self.selection, "top_k": c.top_k, "ratio": c.ratio,
-                "weighting": self.weighting, "feature_loss": c.feature_loss, "feature_weight": c.feature_weight}
+        return {
+            "method": self.name,
+            "selection": self.selection,
+            "top_k": c.top_k,
+            "ratio": c.ratio,
+            "weighting": self.weighting,
+            "feature_loss": c.feature_loss,
+            "feature_weight": c.feature_weight,
+        }
 
 
 @register("kd")
@@ -323,8 +360,9 @@ class CLIPTargetedDistillation(FeatureDistillation):
     default_selection = "teacher_relevance"
     default_weighting = "teacher_confidence"
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
-                 answers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
+    ) -> None:
         if not any(getattr(t, "kind", "") == "clip" for t in teachers.values()):
             raise ConfigError("method clip_td needs a teacher of kind clip; fix: add one under method.teachers")
         super().__init__(cfg, teachers, task, answers)
@@ -353,8 +391,9 @@ class DistilledDualEncoder(Method):
     needs_cross_attention = True
     default_logit_weight = 1.0
 
-    def __init__(self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
-                 answers: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
+    ) -> None:
         super().__init__(cfg, teachers, task, answers)
         fusion = [n for n, t in teachers.items() if getattr(t, "kind", "") == "fusion"]
         if len(fusion) != 1:
@@ -374,7 +413,9 @@ class DistilledDualEncoder(Method):
                 "fix: give the student's towers the teacher's number of heads, image size and patch size"
             )
 
-    def losses(self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def losses(
+        self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
         assert out.cross_attention is not None
         ca = out.cross_attention
         t = targets[self.teacher_name]
@@ -397,12 +438,17 @@ class DistilledDualEncoder(Method):
 
     def describe(self) -> dict[str, Any]:
         c = self.cfg
-        return {"method": self.name, "attention_weight": c.attention_weight, "logit_weight": self.logit_weight,
-                "temperature": c.temperature}
+        return {
+            "method": self.name,
+            "attention_weight": c.attention_weight,
+            "logit_weight": self.logit_weight,
+            "temperature": c.temperature,
+        }
 
 
-def build_method(cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str,
-                 answers: Sequence[str] | None = None) -> Method:
+def build_method(
+    cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
+) -> Method:
     """The registered method named by ``cfg.name`` (``answers``: the student's VQA answer vocabulary)."""
     try:
         cls = REGISTRY[cfg.name]

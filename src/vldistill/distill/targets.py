@@ -45,9 +45,7 @@ def _pad_to(x: torch.Tensor, dim: int, size: int, value: float | bool = 0) -> to
     return torch.cat([x, x.new_full(shape, value)], dim=dim)
 
 
-def unimodal_targets(
-    out: UnimodalTeacherOutput, batch_size: int, *, max_words: int
-) -> dict[str, torch.Tensor]:
+def unimodal_targets(out: UnimodalTeacherOutput, batch_size: int, *, max_words: int) -> dict[str, torch.Tensor]:
     """Targets of a unimodal (or CLIP) teacher's output; see the module docstring for the keys."""
     t: dict[str, torch.Tensor] = {}
     if out.image_tokens is not None:

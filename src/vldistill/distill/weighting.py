@@ -2,10 +2,11 @@
 
 CLIP-TD (arXiv 2201.05729) uses "a dynamically weighted objective" and MAD (arXiv 2204.10496)
 distils "adaptively"; neither abstract gives the formula. Our reading (the project's DESIGN.md,
-switch ``method.weighting``: ``teacher_confidence``, ``student_confidence`` or ``constant``): an instance is distilled in proportion to
-the teacher's zero-shot confidence in the gold answer, so a teacher that is wrong or unsure about an
-instance teaches little on it. ``constant`` is the naive-distillation baseline; ``student_confidence`` (the student's own
-detached probability of the gold answer) serves teachers that cannot score answers (``vldistill.distill.methods``).
+switch ``method.weighting``: ``teacher_confidence``, ``student_confidence`` or ``constant``): an
+instance is distilled in proportion to the teacher's zero-shot confidence in the gold answer, so a
+teacher that is wrong or unsure about an instance teaches little on it. ``constant`` is the
+naive-distillation baseline; ``student_confidence`` (the student's own detached probability of the
+gold answer) serves teachers that cannot score answers (``vldistill.distill.methods``).
 """
 
 from __future__ import annotations
@@ -80,9 +81,7 @@ def confidence_weights(
         raise ValueError("a gold index points past the candidates or at a padded candidate")
     # Rows without any real candidate (only possible with gold -1) would softmax to NaN: give them
     # zeros, their result is replaced by the floor below anyway.
-    logits = logits.masked_fill(~candidate_mask, -torch.inf).masked_fill(
-        ~candidate_mask.any(1, keepdim=True), 0
-    )
+    logits = logits.masked_fill(~candidate_mask, -torch.inf).masked_fill(~candidate_mask.any(1, keepdim=True), 0)
     gold_prob = logits.softmax(dim=1).gather(1, index).squeeze(1)
     weights = torch.where(known, gold_prob, torch.zeros_like(gold_prob)).clamp(min=floor)
     return normalize_weights(weights) if normalize else weights

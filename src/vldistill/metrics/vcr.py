@@ -18,9 +18,7 @@ VCR_NUM_CHOICES = 4
 """Every VCR question has four answer and four rationale choices."""
 
 
-def vcr_accuracy(
-    gold: Mapping[str, tuple[int, int]], pred: Mapping[str, tuple[int, int]]
-) -> dict[str, float]:
+def vcr_accuracy(gold: Mapping[str, tuple[int, int]], pred: Mapping[str, tuple[int, int]]) -> dict[str, float]:
     """``{"q2a": x, "qa2r": x, "q2ar": x}`` in percent (not rounded).
 
     ``gold`` and ``pred`` map annot_id -> ``(answer index, rationale index)`` and have the same ids.

@@ -21,8 +21,8 @@ official evaluation prints it, not 3.12 (:func:`round2`).
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -322,9 +322,7 @@ def evaluate_vqa(
     }
 
 
-def load_and_evaluate(
-    questions_path: str | Path, annotations_path: str | Path, results_path: str | Path
-) -> dict:
+def load_and_evaluate(questions_path: str | Path, annotations_path: str | Path, results_path: str | Path) -> dict:
     """Read the three official JSON files and :func:`evaluate_vqa` them."""
     return evaluate_vqa(
         read_json(questions_path, "questions"),

@@ -100,9 +100,7 @@ def _last_layer(model: PreTrainedModel) -> nn.Module:
             module = getattr(module, name, None)
         if isinstance(module, nn.ModuleList):
             return module[-1]
-    raise ConfigError(
-        f"{type(model).__name__}: cannot find its encoder layers; fix: use a BERT/ViT/CLIP tower"
-    )
+    raise ConfigError(f"{type(model).__name__}: cannot find its encoder layers; fix: use a BERT/ViT/CLIP tower")
 
 
 def _query_key(model: PreTrainedModel, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,9 +221,7 @@ class DualEncoderStudent(PreTrainedModel):
 
     def encode_images(self, pixel_values: torch.Tensor, with_query_key: bool = False) -> TowerEncoding:
         """Encode ``(N, 3, height, width)`` images once; patches only, ``P = rows * cols``."""
-        out = self.vision_model(
-            pixel_values=pixel_values, output_hidden_states=with_query_key, return_dict=True
-        )
+        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=with_query_key, return_dict=True)
         patch = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         tokens = out.last_hidden_state[:, 1:]
@@ -234,9 +230,7 @@ class DualEncoderStudent(PreTrainedModel):
         if with_query_key:
             query, key = _query_key(self.vision_model, out.hidden_states[-2][:, 1:])
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return TowerEncoding(
-            self.image_projection(tokens), self.image_projection(pooled), mask, query, key, grid
-        )
+        return TowerEncoding(self.image_projection(tokens), self.image_projection(pooled), mask, query, key, grid)
 
     def encode_texts(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_query_key: bool = False
@@ -293,7 +287,5 @@ class DualEncoderStudent(PreTrainedModel):
     def forward(self, inputs: ModelInputs, output_cross_attention: bool = False) -> StudentOutput:
         """Encode both modalities and fuse; see ``StudentOutput`` for every shape."""
         image_enc = self.encode_images(inputs.pixel_values, with_query_key=output_cross_attention)
-        text_enc = self.encode_texts(
-            inputs.input_ids, inputs.attention_mask, with_query_key=output_cross_attention
-        )
+        text_enc = self.encode_texts(inputs.input_ids, inputs.attention_mask, with_query_key=output_cross_attention)
         return self.forward_encoded(image_enc, text_enc, inputs, output_cross_attention)

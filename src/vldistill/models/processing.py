@@ -153,8 +153,7 @@ class Processor:
         """``(N, 3, height, width)`` float: bicubic resize, scale to [0, 1], normalise."""
         height, width = self.image_size
         arrays = [
-            np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC), np.float32)
-            for im in images
+            np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC), np.float32) for im in images
         ]
         pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
@@ -174,15 +173,11 @@ class Processor:
         )
         offsets = enc["offset_mapping"].tolist()
         mask = enc["attention_mask"]
-        word_index = torch.tensor(
-            [word_index_from_offsets(t, o) for t, o in zip(texts, offsets, strict=True)]
-        )
+        word_index = torch.tensor([word_index_from_offsets(t, o) for t, o in zip(texts, offsets, strict=True)])
         word_index = word_index.masked_fill(mask == 0, -1)
         return enc["input_ids"], mask, word_index
 
-    def __call__(
-        self, examples: Sequence[TaskExample], images: Sequence[Sequence[Image.Image]]
-    ) -> ModelInputs:
+    def __call__(self, examples: Sequence[TaskExample], images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
         """Tensors for a batch; ``images[b]`` are the loaded images of ``examples[b]`` in order.
 
         All examples must have the same task and the same number of images and of texts.
@@ -211,8 +206,14 @@ class Processor:
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
         height, width = self.image_size
-        config = {"do_resize": True, "size": {"height": height, "width": width}, "do_center_crop": False,
-                  "do_normalize": True, "image_mean": list(self.image_mean), "image_std": list(self.image_std)}
+        config = {
+            "do_resize": True,
+            "size": {"height": height, "width": width},
+            "do_center_crop": False,
+            "do_normalize": True,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
         (directory / "preprocessor_config.json").write_text(json.dumps(config, indent=2))
 
     def fingerprint(self) -> str:

@@ -50,9 +50,7 @@ class StudentConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> StudentConfig:
         if self.kind == "fusion" and (self.image_pretrained or self.text_pretrained):
-            raise ConfigError(
-                "student.image_pretrained/text_pretrained are for kind 'dual'; fix: use pretrained"
-            )
+            raise ConfigError("student.image_pretrained/text_pretrained are for kind 'dual'; fix: use pretrained")
         if self.pretrained and (self.image_pretrained or self.text_pretrained):
             raise ConfigError("student: give pretrained or image_pretrained/text_pretrained, not both")
         if self.image_size % self.patch_size:
@@ -83,9 +81,7 @@ def _tiny_vilt(cfg: StudentConfig) -> ViltConfig:
     )
 
 
-def build_student(
-    cfg: StudentConfig, task: str, num_labels: int, answers: list[str] | None = None
-) -> nn.Module:
+def build_student(cfg: StudentConfig, task: str, num_labels: int, answers: list[str] | None = None) -> nn.Module:
     """A ``FusionStudent`` or ``DualEncoderStudent`` for ``task``.
 
     ``num_labels`` is the answer-vocabulary size for vqa (``answers`` its labels); the other tasks
@@ -100,16 +96,12 @@ def build_student(
     if cfg.image_pretrained:
         vision = load_tower(cfg.image_pretrained, "image")
     else:
-        vision = tower_from_config(
-            ViTConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, **cfg._sizes())
-        )
+        vision = tower_from_config(ViTConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, **cfg._sizes()))
     if cfg.text_pretrained:
         text = load_tower(cfg.text_pretrained, "text")
     else:
         text = tower_from_config(
-            BertConfig(
-                vocab_size=cfg.vocab_size, max_position_embeddings=max(cfg.max_text_len, 64), **cfg._sizes()
-            )
+            BertConfig(vocab_size=cfg.vocab_size, max_position_embeddings=max(cfg.max_text_len, 64), **cfg._sizes())
         )
     return DualEncoderStudent.from_towers(vision, text, task, num_labels, answers)
 

@@ -57,9 +57,7 @@ def require_file(path: Path, what: str, split_pattern: str | None = None) -> Pat
         return path
     folder = path.parent
     if not folder.is_dir():
-        raise DataError(
-            folder, None, "folder does not exist", "pass the dataset root as the publisher lays it out"
-        )
+        raise DataError(folder, None, "folder does not exist", "pass the dataset root as the publisher lays it out")
     fix = "download the file and place it at this path"
     if split_pattern is not None:
         prefix, suffix = split_pattern.split("*")
@@ -196,9 +194,7 @@ def inside_root(base: Path, relative: str, fields: Fields, name: str) -> Path:
     another disk), and a symlink placed by the user is not an escape.
     """
     if not relative or os.path.isabs(relative):
-        raise fields.error(
-            f"field '{name}' ({relative!r}) is not a relative path", f"write it relative to {base}"
-        )
+        raise fields.error(f"field '{name}' ({relative!r}) is not a relative path", f"write it relative to {base}")
     if ".." not in relative.split("/"):  # the common case, kept fast: nothing can escape
         return base / relative
     folder = os.path.normpath(base)

@@ -96,16 +96,10 @@ def _metadata(path: Path, objects: tuple[str, ...], record: str) -> tuple[tuple[
         )
     result = []
     for k, (box, name) in enumerate(zip(boxes, names, strict=True)):
-        if not (
-            isinstance(box, list)
-            and len(box) == 5
-            and all(is_kind(v, float) and math.isfinite(v) for v in box)
-        ):
+        if not (isinstance(box, list) and len(box) == 5 and all(is_kind(v, float) and math.isfinite(v) for v in box)):
             raise fields.error(f"boxes[{k}] is not [x1, y1, x2, y2, score]", "write five numbers per box")
         if name != objects[k]:
-            raise fields.error(
-                f"names[{k}] is {name!r} but objects[{k}] is {objects[k]!r}", "use matching files"
-            )
+            raise fields.error(f"names[{k}] is {name!r} but objects[{k}] is {objects[k]!r}", "use matching files")
         x1, y1, x2, y2, score = (float(v) for v in box)
         if x2 < x1 or y2 < y1:
             raise fields.error(f"boxes[{k}] has x2 < x1 or y2 < y1", "write corners as x1, y1, x2, y2")

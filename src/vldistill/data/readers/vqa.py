@@ -59,9 +59,7 @@ def _entries(path: Path, key: str, split: str) -> list[Any]:
     """The list under ``key`` of a VQA JSON file, after checking the file is for ``split``."""
     top = load_json(path)
     if not isinstance(top, dict):
-        raise DataError(
-            path, None, "top level is not a JSON object", f"the file must be an object with '{key}'"
-        )
+        raise DataError(path, None, "top level is not a JSON object", f"the file must be an object with '{key}'")
     fields = Fields(top, path, None)
     entries = fields.get(key, list)
     subtype = top.get("data_subtype")
@@ -78,9 +76,7 @@ def _entries(path: Path, key: str, split: str) -> list[Any]:
 def _answers(fields: Fields) -> tuple[VQAAnswer, ...]:
     raw = fields.get("answers", list)
     if len(raw) != ANSWERS_PER_QUESTION:
-        raise fields.error(
-            f"has {len(raw)} answers, expected {ANSWERS_PER_QUESTION}", "give the ten annotator answers"
-        )
+        raise fields.error(f"has {len(raw)} answers, expected {ANSWERS_PER_QUESTION}", "give the ten annotator answers")
     answers = []
     for k, item in enumerate(raw):
         # Fast path for a well-formed answer; the slow path below names the defect.
@@ -93,9 +89,7 @@ def _answers(fields: Fields) -> tuple[VQAAnswer, ...]:
             answers.append(VQAAnswer(item["answer"], item["answer_confidence"], item["answer_id"]))
             continue
         if not isinstance(item, dict):
-            raise fields.error(
-                f"answers[{k}] is not an object", "write {answer, answer_confidence, answer_id}"
-            )
+            raise fields.error(f"answers[{k}] is not an object", "write {answer, answer_confidence, answer_id}")
         sub = Fields(item, fields.file, f"{fields.record} answers[{k}]")
         sub.get("answer", str)  # each get raises on a missing or mistyped field
         sub.get("answer_id", int)
@@ -130,9 +124,7 @@ def _record(question: Fields, annotation: Fields | None, images: Path) -> VQARec
     )
 
 
-def _index_annotations(
-    path: Path, split: str, skip_bad: bool, report: SkippedRecords | None
-) -> dict[int, Fields]:
+def _index_annotations(path: Path, split: str, skip_bad: bool, report: SkippedRecords | None) -> dict[int, Fields]:
     """Annotations by question_id; a duplicate or id-less annotation is a record-level defect."""
     index: dict[int, Fields] = {}
     for i, item in enumerate(_entries(path, "annotations", split)):
@@ -184,9 +176,7 @@ def read_vqa(
             question_id = fields.get("question_id", int)
             fields.record = f"questions[{i}] (question_id {question_id})"
             if question_id in seen:
-                raise fields.error(
-                    f"duplicate question_id {question_id} (first at {seen[question_id]})", "keep one"
-                )
+                raise fields.error(f"duplicate question_id {question_id} (first at {seen[question_id]})", "keep one")
             seen[question_id] = fields.record
             annotation = None
             if annotations is not None:
@@ -201,9 +191,7 @@ def read_vqa(
             skip_or_raise(err, skip_bad, report)
     for fields in (annotations or {}).values():
         skip_or_raise(
-            fields.error(
-                f"annotation has no question in {qpath.name}", "add the question, or remove the annotation"
-            ),
+            fields.error(f"annotation has no question in {qpath.name}", "add the question, or remove the annotation"),
             skip_bad,
             report,
         )

@@ -120,9 +120,7 @@ def _words(sentences: list[str]) -> int:
 
 def _mention(shape: Shape, rng: np.random.Generator) -> str:
     """An indefinite description of one shape, nearly always with its colour, often size and place."""
-    attrs = {"kind": shape.kind} | {
-        a: getattr(shape, a) for a, rate in MENTION_RATES.items() if rng.random() < rate
-    }
+    attrs = {"kind": shape.kind} | {a: getattr(shape, a) for a, rate in MENTION_RATES.items() if rng.random() < rate}
     phrase = noun_phrase(attrs)
     return f"{article(phrase)} {phrase}"
 

@@ -95,9 +95,7 @@ def _sentence(rng: np.random.Generator) -> tuple[str, str, Predicate]:
     )
 
 
-def _pair(
-    predicate: Predicate, truth: bool, rotate: bool, rng: np.random.Generator
-) -> tuple[Scene, Scene] | None:
+def _pair(predicate: Predicate, truth: bool, rotate: bool, rng: np.random.Generator) -> tuple[Scene, Scene] | None:
     """A (left, right) pair of scenes on which ``predicate`` is ``truth``, or None if none was found."""
     for _ in range(MAX_TRIES):
         left, right = sample_scene(rng, rotate=rotate), sample_scene(rng, rotate=rotate)
@@ -106,9 +104,7 @@ def _pair(
     return None
 
 
-def _sample_set(
-    rng: np.random.Generator, rotate: bool
-) -> tuple[str, str, list[tuple[bool, tuple[Scene, Scene]]]]:
+def _sample_set(rng: np.random.Generator, rotate: bool) -> tuple[str, str, list[tuple[bool, tuple[Scene, Scene]]]]:
     """A sentence, its synset, and one pair that makes it true and one that makes it false."""
     while True:
         sentence, synset, predicate = _sentence(rng)

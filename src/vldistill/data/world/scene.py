@@ -64,9 +64,7 @@ class Shape:
             points = [(-h, -h), (h, -h), (h, h), (-h, h)]
         elif self.kind == "triangle":
             # Equilateral, apex up, centred on its circumcentre.
-            points = [
-                (r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
-            ]
+            points = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
         else:
             outer, inner = 1.1 * r, 0.45 * r
             points = [

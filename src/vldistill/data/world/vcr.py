@@ -43,8 +43,7 @@ def _colour_item(scene: Scene, i: int, j: int, rng: np.random.Generator) -> _Ite
     question = choose(rng, ["What color is [{i}] ?", "What is the color of [{i}] ?"]).format(i=i)
     wrong = [f"[{i}] is {c} ." for c in rng.permutation([c for c in COLOURS if c != ci])[:3]]
     rationales: list[Statement] = [
-        (f"[{i}] is the only {c} shape in the picture .", scene.count(colour=c) == 1 and c == ci)
-        for c in COLOURS
+        (f"[{i}] is the only {c} shape in the picture .", scene.count(colour=c) == 1 and c == ci) for c in COLOURS
     ]
     for k in range(len(scene.shapes)):
         if k != i:
@@ -102,9 +101,7 @@ def _where_item(scene: Scene, i: int, j: int, rng: np.random.Generator) -> _Item
 
 def _same_colour_item(scene: Scene, i: int, j: int, rng: np.random.Generator) -> _Item:
     ci, cj = scene.shapes[i].colour, scene.shapes[j].colour
-    question = choose(
-        rng, ["Do [{i}] and [{j}] have the same color ?", "Are [{i}] and [{j}] the same color ?"]
-    )
+    question = choose(rng, ["Do [{i}] and [{j}] have the same color ?", "Are [{i}] and [{j}] the same color ?"])
 
     def both(c: str) -> str:
         return f"Yes , [{i}] and [{j}] are both {c} ."
@@ -117,9 +114,7 @@ def _same_colour_item(scene: Scene, i: int, j: int, rng: np.random.Generator) ->
     # Prefer near misses (one colour right) so the wrong answers are not ruled out by a glance.
     near = [c for c in candidates if c != answer and (ci in c or cj in c)]
     wrong = [near[int(k)] for k in rng.permutation(len(near))[:3]]
-    rationales: list[Statement] = [
-        (f"[{k}] is {c} .", scene.shapes[k].colour == c) for k in (i, j) for c in COLOURS
-    ]
+    rationales: list[Statement] = [(f"[{k}] is {c} .", scene.shapes[k].colour == c) for k in (i, j) for c in COLOURS]
     return _Item(question.format(i=i, j=j), answer, wrong, rationales)
 
 
@@ -142,9 +137,7 @@ def _choices(right: str, wrong: list[str], label: int, rng: np.random.Generator)
     return order[:label] + [right] + order[label:]
 
 
-def _sources_and_iters(
-    index: int, label: int, pool: int, rng: np.random.Generator
-) -> tuple[list[int], list[int]]:
+def _sources_and_iters(index: int, label: int, pool: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """``*_sources`` (annotation each choice came from; the right one is this one) and ``*_match_iter``."""
     sources = [int(s) for s in rng.integers(0, pool, size=4)]
     sources[label] = index
@@ -219,9 +212,7 @@ def write_vcr(root: Path, style: str, seed: int, scale: float) -> dict[str, int]
     return counts
 
 
-def _row(
-    index: int, item: _Item, labels: tuple[int, int], pool: int, rng: np.random.Generator
-) -> dict[str, Any]:
+def _row(index: int, item: _Item, labels: tuple[int, int], pool: int, rng: np.random.Generator) -> dict[str, Any]:
     """The question, choices and labels of VCR line ``index``; ``labels``: (answer, rationale) positions."""
     answer_label, rationale_label = labels
     true = [text for text, truth in item.rationales if truth]

@@ -117,9 +117,7 @@ def _are_there(scene: Scene, rng: np.random.Generator) -> Question | None:
     a, b = rng.choice(len(SHAPES), size=2, replace=False)
     ka, kb = SHAPES[int(a)], SHAPES[int(b)]
     value = scene.count(kind=ka) > scene.count(kind=kb)
-    return Question(
-        f"Are there more {plural(ka)} than {plural(kb)}?", "are there", "yes/no", _yes_no(value), "yesno"
-    )
+    return Question(f"Are there more {plural(ka)} than {plural(kb)}?", "are there", "yes/no", _yes_no(value), "yesno")
 
 
 def _is_the(scene: Scene, rng: np.random.Generator) -> Question | None:
@@ -260,9 +258,7 @@ def write_vqa(root: Path, style: str, seed: int, scale: float) -> dict[str, int]
                     continue
                 question_id = image_id * 1000 + asked
                 answers = annotator_answers(question, rng)
-                questions.append(
-                    {"image_id": image_id, "question": question.text, "question_id": question_id}
-                )
+                questions.append({"image_id": image_id, "question": question.text, "question_id": question_id})
                 annotations.append(
                     {
                         "question_id": question_id,

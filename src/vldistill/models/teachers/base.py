@@ -30,8 +30,15 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "dtype", "torch_dtype", "output_attentions",
-                         "output_hidden_states", "return_dict"}
+_VOLATILE_CONFIG_KEYS = {
+    "transformers_version",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+}
 
 
 def config_description(config: Any) -> dict[str, Any]:
@@ -43,8 +50,11 @@ def config_description(config: Any) -> dict[str, Any]:
 
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
-            return {str(k): clean(v) for k, v in value.items()
-                    if not str(k).startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
+            return {
+                str(k): clean(v)
+                for k, v in value.items()
+                if not str(k).startswith("_") and k not in _VOLATILE_CONFIG_KEYS
+            }
         return value
 
     return clean(config.to_dict())
@@ -72,8 +82,7 @@ def load_checkpoint(
             model, info = load(name, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as err:
         raise ConfigError(
-            f"{what} {name!r}: cannot load it ({err}); fix: give a local model directory or a hub id "
-            "available offline"
+            f"{what} {name!r}: cannot load it ({err}); fix: give a local model directory or a hub id available offline"
         ) from err
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -140,8 +149,12 @@ class Teacher(nn.Module, ABC):
         if self._weights_digest is None:
             self._weights_digest = weights_digest(self)
         payload = json.dumps(
-            {"kind": self.kind, "config": self.describe(), "weights": self._weights_digest,
-             "processor": self.processor.fingerprint()},
+            {
+                "kind": self.kind,
+                "config": self.describe(),
+                "weights": self._weights_digest,
+                "processor": self.processor.fingerprint(),
+            },
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()

@@ -83,11 +83,21 @@ def small_clip_config(
     """
     eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    tower = dict(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-                 intermediate_size=intermediate_size)
+    tower = dict(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+    )
     return CLIPConfig(
-        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=max_length,
-                         eos_token_id=eos, bos_token_id=bos, pad_token_id=tokenizer.pad_token_id),
+        text_config=dict(
+            tower,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max_length,
+            eos_token_id=eos,
+            bos_token_id=bos,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
         vision_config=dict(tower, image_size=image_size, patch_size=patch_size),
         projection_dim=projection_dim,
     )

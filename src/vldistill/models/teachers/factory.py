@@ -92,13 +92,23 @@ def _tiny_teacher(cfg: TeacherConfig, task: str | None) -> Teacher:
     size = cfg.image_size or 32
     tokenizer = _tokenizer(tiny.tokenizer)
     processor = Processor(tokenizer, size, DEFAULT_MEAN, DEFAULT_STD, max_length=cfg.max_length)
-    bert_like = dict(hidden_size=tiny.hidden_size, num_hidden_layers=tiny.num_layers,
-                     num_attention_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size)
+    bert_like = dict(
+        hidden_size=tiny.hidden_size,
+        num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads,
+        intermediate_size=tiny.intermediate_size,
+    )
     if cfg.kind == "clip":
         config = small_clip_config(
-            tokenizer, image_size=size, patch_size=tiny.patch_size, hidden_size=tiny.hidden_size,
-            num_layers=tiny.num_layers, num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size,
-            projection_dim=tiny.projection_dim, max_length=cfg.max_length,
+            tokenizer,
+            image_size=size,
+            patch_size=tiny.patch_size,
+            hidden_size=tiny.hidden_size,
+            num_layers=tiny.num_layers,
+            num_heads=tiny.num_heads,
+            intermediate_size=tiny.intermediate_size,
+            projection_dim=tiny.projection_dim,
+            max_length=cfg.max_length,
         )
         return CLIPTeacher.from_config(config, processor)
     if cfg.kind == "vision":
@@ -110,8 +120,13 @@ def _tiny_teacher(cfg: TeacherConfig, task: str | None) -> Teacher:
         config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=cfg.max_length, **bert_like)
         return TextTeacher.from_config(config, text_processor)
     task = _fusion_task(task)
-    config = ViltConfig(vocab_size=len(tokenizer), max_position_embeddings=cfg.max_length, image_size=size,
-                        patch_size=tiny.patch_size, **bert_like)
+    config = ViltConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=cfg.max_length,
+        image_size=size,
+        patch_size=tiny.patch_size,
+        **bert_like,
+    )
     answers = [f"answer {i}" for i in range(tiny.num_labels)] if task == "vqa" else None
     num_labels = {"vqa": tiny.num_labels, "snli_ve": 3, "vcr": 1, "nlvr2": 2}[task]
     return FusionTeacher.from_config(config, task, num_labels, processor, answers=answers)
@@ -119,9 +134,7 @@ def _tiny_teacher(cfg: TeacherConfig, task: str | None) -> Teacher:
 
 def _fusion_task(task: str | None) -> str:
     if task not in TASK_KINDS:
-        raise ConfigError(
-            f"a fusion teacher needs the task (got {task!r}); fix: use one of {sorted(TASK_KINDS)}"
-        )
+        raise ConfigError(f"a fusion teacher needs the task (got {task!r}); fix: use one of {sorted(TASK_KINDS)}")
     return task
 
 

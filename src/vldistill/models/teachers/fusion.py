@@ -50,7 +50,11 @@ class FusionTeacher(Teacher):
 
     @classmethod
     def from_config(
-        cls, config: ViltConfig, task: str, num_labels: int, processor: Processor,
+        cls,
+        config: ViltConfig,
+        task: str,
+        num_labels: int,
+        processor: Processor,
         answers: list[str] | None = None,
     ) -> FusionTeacher:
         """A randomly initialised ViLT with ``task``'s head (tests)."""
@@ -122,5 +126,4 @@ class FusionTeacher(Teacher):
         else None."""
         out = self.student(inputs, output_cross_attention=True)
         matching = out.logits.reshape(-1) if self.task == "vcr" else None
-        return FusionTeacherOutput(logits=out.logits, cross_attention=out.cross_attention,
-                                   matching_logits=matching)
+        return FusionTeacherOutput(logits=out.logits, cross_attention=out.cross_attention, matching_logits=matching)

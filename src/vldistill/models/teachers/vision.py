@@ -114,8 +114,13 @@ class VisionTeacher(Teacher):
         except ConfigError:  # no tokenizer in a vision checkpoint: texts are unused anyway
             image = _image_config(name)
             size = image_size or _size_from_config(image) or getattr(backbone.config, "image_size", 224)
-            processor = Processor(minilm_tokenizer(), size, image.get("image_mean", DEFAULT_MEAN),
-                                  image.get("image_std", DEFAULT_STD), max_length=max_length)
+            processor = Processor(
+                minilm_tokenizer(),
+                size,
+                image.get("image_mean", DEFAULT_MEAN),
+                image.get("image_std", DEFAULT_STD),
+                max_length=max_length,
+            )
         return cls(backbone, processor)
 
     @classmethod
@@ -129,8 +134,9 @@ class VisionTeacher(Teacher):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if isinstance(self.backbone, EfficientNet):
-            save_file({k: v.contiguous() for k, v in self.backbone.state_dict().items()},
-                      directory / "model.safetensors")
+            save_file(
+                {k: v.contiguous() for k, v in self.backbone.state_dict().items()}, directory / "model.safetensors"
+            )
             spec = {"arch": EFFICIENTNET_LITE0, "image_size": self.processor.image_size[0]}
             (directory / _EFFICIENTNET_FILE).write_text(json.dumps(spec))
         else:
@@ -156,7 +162,7 @@ class VisionTeacher(Teacher):
             return _flatten_map(hidden)
         grid = (pixels.shape[-2] // config.patch_size, pixels.shape[-1] // config.patch_size)
         # ViT-like: drop the prefix ([CLS], DeiT's distillation token) before the patch grid.
-        tokens = hidden[:, hidden.shape[1] - grid[0] * grid[1]:]
+        tokens = hidden[:, hidden.shape[1] - grid[0] * grid[1] :]
         if isinstance(self.backbone, CLIPVisionModel):
             # CLIP normalises only its pooled [CLS]; normalise patches alike so they share its scale.
             return self.backbone.post_layernorm(tokens), grid, out.pooler_output
