@@ -21,12 +21,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from vldistill.cli import data, protocol, score, train
+    from vldistill.cli import data, pretrain, protocol, score, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(score.app, name="score")
     app.command("train")(train.train_command)
     app.command("plan")(train.plan_command)
+    app.command("pretrain")(pretrain.pretrain_command)
     app.command("protocol")(protocol.protocol_command)
     app.command("report")(protocol.report_command)
     app.command("demo")(protocol.demo_command)
