@@ -185,8 +185,39 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert one.keys() == two.keys()
     # the same updates up to the order of float additions in the gradient all-reduce
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
-    assert (
-        json.loads((tmp_path / "one" / "summary.json").read_text())["steps"]
-        == json.loads((tmp_path / "two" / "summary.json").read_text())["steps"]
-        == 3
-    )
+    one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two_summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (one_summary["processes"], two_summary["processes"]) == (1, 2)  # really DDP, not two lone runs
+    assert one_summary["steps"] == two_summary["steps"] == 3
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+    """batch 4 x 2 accumulated steps takes the same updates as batch 8 (ViLT's dropout is 0 by default)."""
+    big = train(_cfg(epochs=1, batch_size=8, checkpoint_every=None), tmp_path / "big", show_progress=False)
+    acc = train(_cfg(epochs=1, batch_size=4, grad_accum=2, checkpoint_every=None), tmp_path / "acc", show_progress=False)
+    assert big["steps"] == acc["steps"] == 3
+    a, b = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_two_ranks_build_their_own_cache_shards_and_read_all(tmp_path):
+    import yaml
+
+    cache = tmp_path / "cache"
+    tree = tiny_tree("snli_ve", "mad", ("vision", "text"), cache={"enabled": True, "dir": str(cache)},
+                     train={"eval_batch_size": 4})
+    config = tmp_path / "mad.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29563", "-m", "vldistill", "cache",
+                           "build", str(config)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    shards = sorted(p.name for p in folder.glob("shard-*.safetensors"))
+    assert any("-r0-" in s for s in shards) and any("-r1-" in s for s in shards)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert sorted(meta["shards"]) == shards
+    from vldistill.cache import TeacherCache
+
+    assert len(TeacherCache(folder, fp16=False).rows) == 24  # every example, whichever rank computed it

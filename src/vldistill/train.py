@@ -165,6 +165,9 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
     if tc.threads:
         torch.set_num_threads(tc.threads)
     accelerator = Accelerator(
+        # Without a GPU, cpu=True is what makes accelerate run several torchrun processes as DDP over
+        # gloo (MULTI_CPU); otherwise each process would silently train alone.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=tc.mixed_precision if torch.cuda.is_available() else "no",
         gradient_accumulation_steps=tc.grad_accum,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
@@ -322,6 +325,7 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
             "method": cfg.method.name,
             "student": cfg.student.kind,
             "train_examples": len(data.train),
+            "processes": accelerator.num_processes,
             "steps": step,
             "eval": final_eval,
             "primary_metric": PRIMARY_METRIC[data.task],

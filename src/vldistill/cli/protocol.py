@@ -58,7 +58,9 @@ def cache_build(config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt
     from vldistill.experiment import build_models, load_data
 
     cfg = resolve_config(config, preset, set_)
-    state = PartialState()
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())
     data = load_data(cfg.data)
     built = build_models(cfg, data)
     if not built.method.teachers:
