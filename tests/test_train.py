@@ -194,7 +194,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     """batch 4 x 2 accumulated steps takes the same updates as batch 8 (ViLT's dropout is 0 by default)."""
     big = train(_cfg(epochs=1, batch_size=8, checkpoint_every=None), tmp_path / "big", show_progress=False)
-    acc = train(_cfg(epochs=1, batch_size=4, grad_accum=2, checkpoint_every=None), tmp_path / "acc", show_progress=False)
+    acc = train(
+        _cfg(epochs=1, batch_size=4, grad_accum=2, checkpoint_every=None), tmp_path / "acc", show_progress=False
+    )
     assert big["steps"] == acc["steps"] == 3
     a, b = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
@@ -204,14 +206,19 @@ def test_two_ranks_build_their_own_cache_shards_and_read_all(tmp_path):
     import yaml
 
     cache = tmp_path / "cache"
-    tree = tiny_tree("snli_ve", "mad", ("vision", "text"), cache={"enabled": True, "dir": str(cache)},
-                     train={"eval_batch_size": 4})
+    tree = tiny_tree(
+        "snli_ve", "mad", ("vision", "text"), cache={"enabled": True, "dir": str(cache)}, train={"eval_batch_size": 4}
+    )
     config = tmp_path / "mad.yaml"
     config.write_text(yaml.safe_dump(tree))
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29563", "-m", "vldistill", "cache",
-                           "build", str(config)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29563", "-m", "vldistill", "cache", "build", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = [p for p in cache.iterdir() if p.is_dir()]
     shards = sorted(p.name for p in folder.glob("shard-*.safetensors"))
@@ -221,3 +228,21 @@ def test_two_ranks_build_their_own_cache_shards_and_read_all(tmp_path):
     from vldistill.cache import TeacherCache
 
     assert len(TeacherCache(folder, fp16=False).rows) == 24  # every example, whichever rank computed it
+
+
+def test_dual_encoder_predictions_with_reused_image_encodings_equal_plain_ones():
+    from vldistill.data.loader import ExampleDataset, collate_fn
+    from vldistill.evaluate import predict
+    from vldistill.experiment import build_models, load_data
+
+    cfg = parse_config(tiny_tree("vqa", "none", student={"kind": "dual"}), "t")
+    data = load_data(cfg.data)
+    built = build_models(cfg, data)
+    examples = data.evals["eval"].examples
+    assert len({ex.images for ex in examples}) < len(examples)  # several questions per image
+    loader = torch.utils.data.DataLoader(
+        ExampleDataset(examples), batch_size=5, collate_fn=collate_fn(built.processor, "vqa", data.builder.answers)
+    )
+    reused = predict(built.student, loader, "cpu")
+    plain = predict(built.student, loader, "cpu", reuse_image_encodings=False)
+    assert reused == plain and len(reused) == len(examples)

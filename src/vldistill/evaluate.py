@@ -12,19 +12,49 @@ from vldistill.data.loader import Batch
 from vldistill.data.records import VE_LABELS, Record, VQARecord
 from vldistill.metrics import nlvr2_scores, snli_ve_accuracy, vcr_accuracy
 from vldistill.metrics.vqa import question_accuracy, round2
+from vldistill.models.dual import DualEncoderStudent, TowerEncoding
 
 PRIMARY_METRIC: dict[str, str] = {"vqa": "vqa_accuracy", "snli_ve": "accuracy", "vcr": "q2ar", "nlvr2": "accuracy"}
 """The figure each task's papers report first, used for tables and model selection."""
 
 
+def _concat(encodings: Sequence[TowerEncoding]) -> TowerEncoding:
+    def cat(name: str) -> torch.Tensor | None:
+        parts = [getattr(e, name) for e in encodings]
+        return None if parts[0] is None else torch.cat(parts)
+
+    return TowerEncoding(cat("tokens"), cat("pooled"), cat("mask"), cat("query"), cat("key"), encodings[0].grid)
+
+
 @torch.no_grad()
-def predict(student: nn.Module, batches: Iterable[Batch], device: torch.device | str) -> dict[str, int]:
-    """uid -> predicted class / answer / candidate index (argmax of the logits)."""
+def predict(
+    student: nn.Module, batches: Iterable[Batch], device: torch.device | str, *, reuse_image_encodings: bool = True
+) -> dict[str, int]:
+    """uid -> predicted class / answer / candidate index (argmax of the logits).
+
+    A dual encoder encodes each distinct image once and reuses it for every question on it, as it
+    would be deployed (DiDE's point: VQA has several questions per image); a fusion encoder must
+    run image and text together for every question.
+    """
     was_training = student.training
     student.eval()
+    dual = reuse_image_encodings and isinstance(student, DualEncoderStudent)
+    image_cache: dict[object, TowerEncoding] = {}
     preds: dict[str, int] = {}
     for batch in batches:
-        logits = student(batch.student.to(device)).logits
+        inputs = batch.student.to(device)
+        if dual:
+            paths = [p for ex in batch.examples for p in ex.images]
+            missing = [i for i, p in enumerate(paths) if p not in image_cache]
+            if missing:
+                fresh = student.encode_images(inputs.pixel_values[missing])
+                for j, i in enumerate(missing):
+                    image_cache[paths[i]] = fresh.select([j])
+            images = _concat([image_cache[p] for p in paths])
+            texts = student.encode_texts(inputs.input_ids, inputs.attention_mask)
+            logits = student.forward_encoded(images, texts, inputs).logits
+        else:
+            logits = student(inputs).logits
         for ex, p in zip(batch.examples, logits.argmax(dim=1).tolist(), strict=True):
             preds[ex.uid] = p
     student.train(was_training)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from vldistill.data.readers import read_task
-from vldistill.data.world import generate_world
+from vldistill.data.world import GENERATOR_VERSION, generate_world
 from vldistill.data.world.language import refer
 from vldistill.data.world.scene import Scene, Shape
 from vldistill.data.world.vqa import normalize_answer
@@ -71,7 +71,7 @@ def test_counts_match_the_default_sizes_times_scale(world: tuple[Path, dict[str,
         images = sum(1 for p in (out / style).rglob("*") if p.suffix in (".jpg", ".png"))
         assert counts[f"{style}/images"] == images
         manifest = json.loads((out / style / "MANIFEST.json").read_text())
-        assert manifest["params"] == {"generator_version": "1", "style": style, "seed": 0, "scale": SCALE}
+        assert manifest["params"] == {"generator_version": GENERATOR_VERSION, "style": style, "seed": 0, "scale": SCALE}
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(world: tuple[Path, dict[str, int]], tmp_path: Path) -> None:
