@@ -76,13 +76,24 @@ TINY_LAYERS = {"num_hidden_layers": 1, "num_attention_heads": HEADS}
 
 
 def _experiment_files() -> list[Path]:
-    """Every experiment config in configs/ (protocol-style files, with ``base`` and ``tasks``, are not)."""
+    """Every experiment config in configs/ (protocol files, with ``base`` and ``tasks``, and DiDE
+    pre-training files, with a top-level ``teacher``, are not)."""
     files = []
     for path in sorted(PRESETS_DIR.glob("*.yaml")):
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if not (isinstance(tree, dict) and "base" in tree and "tasks" in tree):
+        protocol = isinstance(tree, dict) and "base" in tree and "tasks" in tree
+        if not protocol and not (isinstance(tree, dict) and "teacher" in tree):
             files.append(path)
     return files
+
+
+def test_every_pretraining_preset_validates() -> None:
+    from vldistill.distill.pretrain import load_pretrain_config
+
+    files = [p for p in sorted(PRESETS_DIR.glob("*.yaml")) if "teacher" in (yaml.safe_load(p.read_text()) or {})]
+    assert files, "configs/ ships a DiDE pre-training preset"
+    for path in files:
+        assert load_pretrain_config(path, []).student.kind == "dual"
 
 
 def _count(module: torch.nn.Module) -> int:

@@ -70,13 +70,14 @@ def processor() -> Processor:
 
 
 def _sharp_teacher():
-    """A tiny random ITM teacher whose attention and scores are far from uniform (so there is something to learn)."""
+    """A tiny random ITM teacher whose last-layer attention is far from uniform: something to learn."""
     torch.manual_seed(0)
     teacher = load_itm_teacher(TeacherConfig(**TEACHER))
     model = teacher.student.model
     with torch.no_grad():
-        model.vilt.encoder.layer[-1].attention.attention.query.weight.mul_(8)
-        model.rank_output.weight.mul_(30)
+        attention = model.vilt.encoder.layer[-1].attention.attention
+        attention.query.weight.mul_(8)  # scores x 64: peaked attention
+        attention.key.weight.mul_(8)
     return teacher
 
 
@@ -165,7 +166,7 @@ def test_loss_decreases_on_a_fixed_batch_and_the_teacher_stays_frozen(pairs, pro
         optimizer.step()
         losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[0] > 0.1 and losses[-1] < 0.5 * losses[0], losses
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 

@@ -151,6 +151,9 @@ def load_itm_teacher(cfg: TeacherConfig) -> FusionTeacher:
     if cfg.tiny is not None or (cfg.pretrained and (Path(cfg.pretrained) / STUDENT_FILE).is_file()):
         return build_teacher(cfg, task=ITM_TASK)
     name = str(cfg.pretrained)
+    if not Path(name).exists() and name.count("/") != 1:  # hub ids are "owner/name"
+        raise ConfigError(f"teacher.pretrained '{name}' is neither a folder nor a hub id; fix: train the teacher "
+                          "first (see the config's comments) or give a ViLT retrieval checkpoint")
     try:
         architectures = AutoConfig.from_pretrained(name).architectures or []
     except (OSError, ValueError) as err:
@@ -245,6 +248,7 @@ def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool
     if tc.threads:
         torch.set_num_threads(tc.threads)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # several CPU processes run as DDP over gloo (see vldistill.train)
         mixed_precision=tc.mixed_precision if torch.cuda.is_available() else "no",
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -252,11 +256,11 @@ def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(tc.seed)
+    teacher = load_itm_teacher(cfg.teacher)
+    student = build_student(cfg.student, ITM_TASK, 1)
     pairs = caption_pairs(cfg.data, tc.seed)
     if len(pairs) < 2:
         raise ConfigError(f"data: {len(pairs)} caption pair(s); fix: give at least 2 (a negative needs another image)")
-    student = build_student(cfg.student, ITM_TASK, 1)
-    teacher = load_itm_teacher(cfg.teacher)
     processor = student_processor(cfg.student)
     sampler = EpochSampler(len(pairs), tc.seed)
     # drop_last: every batch must hold other images' captions to serve as negatives.
