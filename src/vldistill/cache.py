@@ -42,8 +42,25 @@ def cache_key(teacher_fingerprints: dict[str, str], settings: dict[str, Any], da
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _raise_open_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one: each shard of an open cache holds a descriptor."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep the limit as it is
+        return
+
+
 class _Shard:
-    """One safetensors file opened as memory maps, one per tensor (zero-copy row gathers)."""
+    """One safetensors file mapped once; each tensor is a zero-copy view of the mapping.
+
+    One mapping (and so one file descriptor) per shard, not per tensor: a cache of thousands of
+    shards must stay under the open-file limit (measured: 1,470 shards x 4 tensors needed 5,886
+    descriptors when each tensor had its own ``numpy.memmap``).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -70,6 +87,12 @@ class _Shard:
             ) from err
         base = 8 + length
         self.arrays: dict[str, np.ndarray] = {}
+        try:
+            mapping = np.memmap(path, dtype=np.uint8, mode="r")
+        except OSError as err:
+            raise DataError(path, None, f"cannot map cache shard ({err})",
+                            "raise the open-file limit (ulimit -n) or rebuild the cache with larger shards "
+                            "(cache.shard_size)") from err
         for name, (start, end), dtype_name, shape in entries:
             dtype = _DTYPES.get(dtype_name)
             if dtype is None or base + end > size:
@@ -79,13 +102,14 @@ class _Shard:
                     "truncated or unsupported tensor in cache shard",
                     "delete the cache folder to rebuild it",
                 )
-            self.arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape)
+            self.arrays[name] = mapping[base + start : base + end].view(dtype).reshape(shape)
 
 
 class TeacherCache:
     """Targets of a method's teachers for a set of examples, looked up by example uid."""
 
     def __init__(self, folder: Path, fp16: bool) -> None:
+        _raise_open_file_limit()
         self.folder = folder
         self.fp16 = fp16
         self.shards: list[_Shard] = []
@@ -188,24 +212,47 @@ def ensure_cache(
     fp16: bool,
     key_parts: dict[str, Any],
     batch_size: int = 32,
+    shard_size: int = 1024,
     rank: int = 0,
     world: int = 1,
     barrier: Any = None,
     store: ImageStore | None = None,
 ) -> TeacherCache:
-    """Open the cache in ``folder`` and compute the rows ``examples`` still miss (split over ranks)."""
+    """Open the cache in ``folder`` and compute the rows ``examples`` still miss (split over ranks).
+
+    Teachers run on batches of ``batch_size``; rows are written in shards of about ``shard_size``.
+    Rank ``r`` computes every ``world``-th batch and writes its own shards.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     cache = TeacherCache(folder, fp16)
     todo = cache.missing(examples)
     if todo:
         store = store or ImageStore()
         generation = hashlib.sha256(json.dumps(sorted(ex.uid for ex in todo)).encode()).hexdigest()[:8]
+        pending: list[tuple[list[TaskExample], dict[str, dict[str, torch.Tensor]]]] = []
+        written = 0
+
+        def flush() -> None:
+            nonlocal written
+            if pending:
+                rows = [ex for chunk, _ in pending for ex in chunk]
+                merged = {
+                    teacher: {f: torch.cat([t[teacher][f] for _, t in pending]) for f in fields}
+                    for teacher, fields in pending[0][1].items()
+                }
+                cache.write_shard(f"shard-{generation}-r{rank}-{written:06d}.safetensors", rows, merged)
+                written += 1
+                pending.clear()
+
         for i, start in enumerate(range(0, len(todo), batch_size)):
             if i % world != rank:
                 continue
             chunk = todo[start : start + batch_size]
             targets = method.targets_for(chunk, [[store(p) for p in ex.images] for ex in chunk])
-            cache.write_shard(f"shard-{generation}-r{rank}-{i:06d}.safetensors", chunk, targets)
+            pending.append((chunk, {n: {f: v.detach().cpu() for f, v in fs.items()} for n, fs in targets.items()}))
+            if sum(len(c) for c, _ in pending) >= shard_size:
+                flush()
+        flush()
         if barrier is not None:
             barrier()
         if rank == 0:
@@ -244,6 +291,7 @@ def open_teacher_cache(
         fp16=cfg.cache.fp16,
         key_parts=parts,
         batch_size=cfg.train.eval_batch_size,
+        shard_size=cfg.cache.shard_size,
         rank=rank,
         world=world,
         barrier=barrier,

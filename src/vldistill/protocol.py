@@ -40,6 +40,9 @@ class Condition(_Strict):
     name: str
     fraction: float | None = Field(None, gt=0, le=1)
     per_group: int | None = Field(None, ge=1)
+    # Low-shot runs see fewer examples per epoch; more epochs keep them from stopping after a handful
+    # of steps (with 10% of the data and the full run's epochs, every method predicts the majority).
+    epochs: int | None = Field(None, ge=1)
 
 
 class MethodEntry(_Strict):
@@ -138,6 +141,8 @@ def experiment(
     if entry.train:
         tree["train"] = _merge(tree.get("train", {}), entry.train)
     tree.setdefault("train", {})["seed"] = seed
+    if condition.epochs is not None:
+        tree["train"]["epochs"] = condition.epochs
     return parse_config(tree, f"protocol {spec.name} ({task}/{condition.name}/{label})")
 
 
