@@ -197,3 +197,16 @@ def test_coarser_teacher_grid_pools_the_student_onto_it():
     image = plan.links[0]
     assert image["student"].endswith("compared on 2x2") and image["compared"].endswith("x4x32")
     assert image["selected_max"] <= 4
+
+
+def test_a_method_with_zero_weights_trains_exactly_like_the_baseline(tmp_path):
+    """The distillation plumbing (teachers, projections, extra optimizer state) changes nothing by itself."""
+    from safetensors.torch import load_file
+
+    base = tiny_tree("snli_ve", "none")
+    zero = tiny_tree("snli_ve", "mad", ("vision", "text"), method_options={"feature_weight": 0.0})
+    train(parse_config(base, "t"), tmp_path / "none", show_progress=False)
+    train(parse_config(zero, "t"), tmp_path / "zero", show_progress=False)
+    a = load_file(str(tmp_path / "none" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "zero" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
