@@ -152,16 +152,22 @@ def load_itm_teacher(cfg: TeacherConfig) -> FusionTeacher:
         return build_teacher(cfg, task=ITM_TASK)
     name = str(cfg.pretrained)
     if not Path(name).exists() and name.count("/") != 1:  # hub ids are "owner/name"
-        raise ConfigError(f"teacher.pretrained '{name}' is neither a folder nor a hub id; fix: train the teacher "
-                          "first (see the config's comments) or give a ViLT retrieval checkpoint")
+        raise ConfigError(
+            f"teacher.pretrained '{name}' is neither a folder nor a hub id; fix: train the teacher "
+            "first (see the config's comments) or give a ViLT retrieval checkpoint"
+        )
     try:
         architectures = AutoConfig.from_pretrained(name).architectures or []
     except (OSError, ValueError) as err:
-        raise ConfigError(f"teacher {name!r}: cannot load a model config ({err}); fix: give a ViLT retrieval "
-                          "directory or a hub id available offline") from err
+        raise ConfigError(
+            f"teacher {name!r}: cannot load a model config ({err}); fix: give a ViLT retrieval "
+            "directory or a hub id available offline"
+        ) from err
     if RETRIEVAL_CLASS not in architectures:
-        raise ConfigError(f"teacher {name!r} holds {architectures}, not {RETRIEVAL_CLASS}; fix: give a ViLT "
-                          "with an image-text matching head, e.g. dandelin/vilt-b32-finetuned-coco")
+        raise ConfigError(
+            f"teacher {name!r} holds {architectures}, not {RETRIEVAL_CLASS}; fix: give a ViLT "
+            "with an image-text matching head, e.g. dandelin/vilt-b32-finetuned-coco"
+        )
     student = FusionStudent.from_pretrained(name, ITM_TASK, 1)
     processor = Processor.from_pretrained(name, image_size=cfg.image_size, max_length=cfg.max_length)
     return FusionTeacher(student, processor)
@@ -176,13 +182,17 @@ def check_alignment(batch: PairBatch, out: StudentOutput, teacher: FusionTeacher
     assert s is not None
     (sh, sp), (th, tp) = s.text_to_image.shape[1::2], t.text_to_image.shape[1::2]
     if (sh, sp) != (th, tp):
-        raise ConfigError(f"student last layer has {sh} heads x {sp} image tokens, teacher {th} x {tp}; fix: give "
-                          "the student's towers the teacher's number of heads, image size and patch size")
+        raise ConfigError(
+            f"student last layer has {sh} heads x {sp} image tokens, teacher {th} x {tp}; fix: give "
+            "the student's towers the teacher's number of heads, image size and patch size"
+        )
     n = min(batch.student.input_ids.shape[1], batch.teacher.input_ids.shape[1])
     real = batch.student.attention_mask[:, :n].bool() & batch.teacher.attention_mask[:, :n].bool()
     if not torch.equal(batch.student.input_ids[:, :n][real], batch.teacher.input_ids[:, :n][real]):
-        raise ConfigError("student and teacher tokenize captions differently, so their attention maps do not line "
-                          "up; fix: give the student's text tower the teacher's tokenizer (ViLT: BERT uncased)")
+        raise ConfigError(
+            "student and teacher tokenize captions differently, so their attention maps do not line "
+            "up; fix: give the student's text tower the teacher's tokenizer (ViLT: BERT uncased)"
+        )
 
 
 def _fit(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -265,8 +275,12 @@ def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool
     sampler = EpochSampler(len(pairs), tc.seed)
     # drop_last: every batch must hold other images' captions to serve as negatives.
     loader = torch.utils.data.DataLoader(
-        pairs, batch_size=min(tc.batch_size, len(pairs)), sampler=sampler, drop_last=True,
-        collate_fn=PairCollator(processor, teacher.processor, cfg.loss.negatives), num_workers=tc.num_workers,
+        pairs,
+        batch_size=min(tc.batch_size, len(pairs)),
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=PairCollator(processor, teacher.processor, cfg.loss.negatives),
+        num_workers=tc.num_workers,
     )
     total_steps = len(loader) * tc.epochs
     total_steps = min(total_steps, tc.max_steps) if tc.max_steps else total_steps
@@ -304,17 +318,26 @@ def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool
                 step += 1
                 seen += 1
                 teacher_top, student_top = target.logits.argmax(1), out.logits.detach().argmax(1)
-                stats = {**{k: float(v.detach()) for k, v in terms.items()}, "loss": float(loss.detach()),
-                         "teacher_rank_top1": float((teacher_top == 0).float().mean()),
-                         "student_rank_top1": float((student_top == 0).float().mean()),
-                         "rank_agreement": float((teacher_top == student_top).float().mean())}
+                stats = {
+                    **{k: float(v.detach()) for k, v in terms.items()},
+                    "loss": float(loss.detach()),
+                    "teacher_rank_top1": float((teacher_top == 0).float().mean()),
+                    "student_rank_top1": float((student_top == 0).float().mean()),
+                    "rank_agreement": float((teacher_top == student_top).float().mean()),
+                }
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 progress.advance(stats["loss"], epoch)
                 if step >= total_steps:
                     break
-            rows.append({"epoch": epoch + 1, "step": step, **{k: v / max(seen, 1) for k, v in sums.items()},
-                         "seconds": round(time.perf_counter() - t0, 2)})
+            rows.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    **{k: v / max(seen, 1) for k, v in sums.items()},
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
             if accelerator.is_main_process:
                 with (out_dir / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps(rows[-1]) + "\n")
@@ -323,10 +346,15 @@ def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
         _save_atomically(accelerator.unwrap_model(model), out_dir / "final", processor)
-        summary = {"name": cfg.name, "pairs": len(pairs), "steps": step, "first_epoch": rows[0],
-                   "last_epoch": rows[-1], "final": str(out_dir / "final"),
-                   "seconds": round(time.perf_counter() - t0, 2)}
+        summary = {
+            "name": cfg.name,
+            "pairs": len(pairs),
+            "steps": step,
+            "first_epoch": rows[0],
+            "last_epoch": rows[-1],
+            "final": str(out_dir / "final"),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     accelerator.wait_for_everyone()
     return summary
-

@@ -60,10 +60,18 @@ def read_caption_file(path: Path) -> list[CaptionPair]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(path, f"line {n}", f"not JSON ({err.msg})", "write one JSON object per line") from err
-        if not (isinstance(row, dict) and isinstance(row.get("image"), str)
-                and isinstance(row.get("caption"), str) and row["caption"].strip()):
-            raise DataError(path, f"line {n}", "needs a string 'image' and a non-empty string 'caption'",
-                            'write {"image": "images/<n>.jpg", "caption": "..."}')
+        if not (
+            isinstance(row, dict)
+            and isinstance(row.get("image"), str)
+            and isinstance(row.get("caption"), str)
+            and row["caption"].strip()
+        ):
+            raise DataError(
+                path,
+                f"line {n}",
+                "needs a string 'image' and a non-empty string 'caption'",
+                'write {"image": "images/<n>.jpg", "caption": "..."}',
+            )
         pairs.append(CaptionPair(path.parent / row["image"], row["caption"], path, n))
     return pairs
 
@@ -78,8 +86,10 @@ def caption_pairs(cfg: CaptionDataConfig, seed: int) -> list[CaptionPair]:
         path = Path(cfg.captions).expanduser()
         files = [path / "captions.jsonl" if path.is_dir() else path]
         if not files[0].is_file():
-            raise ConfigError(f"data.captions '{cfg.captions}': no captions.jsonl there; "
-                              "fix: give a captions.jsonl, the folder holding one, or 'world'")
+            raise ConfigError(
+                f"data.captions '{cfg.captions}': no captions.jsonl there; "
+                "fix: give a captions.jsonl, the folder holding one, or 'world'"
+            )
     pairs = [p for f in files for p in read_caption_file(f)]
     if cfg.max_pairs is not None and cfg.max_pairs < len(pairs):
         keep = np.sort(np.random.default_rng(seed).permutation(len(pairs))[: cfg.max_pairs])
@@ -101,9 +111,11 @@ def negative_partners(image_ids: Sequence[str], negatives: int) -> torch.Tensor:
     for i in range(b):
         others = [(i + k) % b for k in range(1, b) if image_ids[(i + k) % b] != image_ids[i]]
         if len(others) < negatives:
-            raise ConfigError(f"a batch of {b} pairs has {len(others)} captions of other images for "
-                              f"{image_ids[i]}, {negatives} needed; fix: raise train.batch_size or lower "
-                              "loss.negatives")
+            raise ConfigError(
+                f"a batch of {b} pairs has {len(others)} captions of other images for "
+                f"{image_ids[i]}, {negatives} needed; fix: raise train.batch_size or lower "
+                "loss.negatives"
+            )
         rows.append(others[:negatives])
     return torch.tensor(rows, dtype=torch.long)
 
@@ -113,8 +125,12 @@ def _decode(pair: CaptionPair) -> Image.Image:
         with Image.open(pair.image) as raw:
             return raw.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
-        raise DataError(pair.source, f"line {pair.line}", f"cannot read image {pair.image} ({err})",
-                        "fix the path (relative to the jsonl's folder) or the file") from err
+        raise DataError(
+            pair.source,
+            f"line {pair.line}",
+            f"cannot read image {pair.image} ({err})",
+            "fix the path (relative to the jsonl's folder) or the file",
+        ) from err
 
 
 @dataclass
