@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vldistill.data.examples import TASK_KINDS, TaskExample
+from vldistill.data.examples import TaskExample
 from vldistill.errors import DataError
+from vldistill.models.heads import task_targets
 from vldistill.models.outputs import ModelInputs
 
 
@@ -83,20 +84,6 @@ class ExampleDataset(torch.utils.data.Dataset):
         return i, ex, [self.store(p) for p in ex.images]
 
 
-def make_targets(task: str, examples: Sequence[TaskExample], answers: Sequence[str] | None) -> torch.Tensor:
-    """``(B, A)`` soft scores for VQA (A = len(answers)); ``(B,)`` long labels otherwise."""
-    if TASK_KINDS[task] == "multilabel":
-        assert answers is not None, "VQA targets need the answer vocabulary"
-        index = {a: i for i, a in enumerate(answers)}
-        targets = torch.zeros(len(examples), len(answers))
-        for row, ex in enumerate(examples):
-            for ans, score in (ex.soft_label or {}).items():
-                if ans in index:
-                    targets[row, index[ans]] = score
-        return targets
-    return torch.tensor([ex.label for ex in examples], dtype=torch.long)
-
-
 def collate_fn(
     processor: Callable[[Sequence[TaskExample], Sequence[Sequence[Image.Image]]], ModelInputs],
     task: str,
@@ -108,6 +95,6 @@ def collate_fn(
         index = torch.tensor([i for i, _, _ in items], dtype=torch.long)
         examples = [ex for _, ex, _ in items]
         images = [imgs for _, _, imgs in items]
-        return Batch(index, examples, images, processor(examples, images), make_targets(task, examples, answers))
+        return Batch(index, examples, images, processor(examples, images), task_targets(examples, answers))
 
     return collate
