@@ -246,3 +246,33 @@ def test_dual_encoder_predictions_with_reused_image_encodings_equal_plain_ones()
     reused = predict(built.student, loader, "cpu")
     plain = predict(built.student, loader, "cpu", reuse_image_encodings=False)
     assert reused == plain and len(reused) == len(examples)
+
+
+def test_eval_writes_official_results_that_score_reads_back(tmp_path, monkeypatch, capsys):
+    """train -> `vldistill eval` -> the official VQA results file -> `vldistill score vqa`: the same accuracy."""
+    import yaml
+
+    from vldistill.cli import main
+    from vldistill.config import cache_dir
+    from vldistill.metrics.vqa import load_and_evaluate
+
+    tree = tiny_tree("vqa", "none", data={"max_eval": None})
+    train(parse_config(tree, "t"), tmp_path / "run", show_progress=False)
+    config = tmp_path / "vqa.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["vldistill", "eval", str(tmp_path / "run" / "final"), str(config), "--out", str(tmp_path / "eval")],
+    )
+    main()  # returns normally on success (errors exit with status 2)
+    ours = json.loads((tmp_path / "eval" / "scores.json").read_text())["eval"]["vqa_accuracy"]
+    root = cache_dir() / "world" / "scale-0.1" / "base" / "vqa"
+    official = load_and_evaluate(
+        root / "v2_OpenEnded_mscoco_val2014_questions.json",
+        root / "v2_mscoco_val2014_annotations.json",
+        tmp_path / "eval" / "predictions-eval.json",
+    )
+    assert official["accuracy"]["overall"] == ours
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["eval"]["eval"]["vqa_accuracy"] == ours  # the training run's own evaluation agrees

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -100,3 +102,36 @@ def score(
             {ex.uid: bool(ex.label) for ex in examples}, {ex.uid: bool(preds[ex.uid]) for ex in examples}
         )
     return {k: round(v, 2) for k, v in out.items()}
+
+
+def write_predictions(
+    task: str,
+    examples: Sequence[TaskExample],
+    preds: Mapping[str, int],
+    path: Path,
+    answers: Sequence[str] | None = None,
+) -> Path:
+    """Write predictions in the format ``vldistill score`` reads (for VQA: the official results format).
+
+    VQA: a JSON list of ``{"question_id": int, "answer": str}``; SNLI-VE, NLVR2: JSON Lines of
+    ``{"id", "prediction"}`` (a label); VCR: ``{"id": annot_id, "prediction": {"answer", "rationale"}}``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if task == "vqa":
+        assert answers is not None
+        rows: list[dict] = [{"question_id": int(ex.uid), "answer": answers[preds[ex.uid]]} for ex in examples]
+        path.write_text(json.dumps(rows))
+        return path
+    if task == "vcr":
+        joined: dict[str, dict[str, int]] = {}
+        for ex in examples:
+            joined.setdefault(ex.meta["record"], {})["answer" if ex.meta["stage"] == "qa" else "rationale"] = preds[
+                ex.uid
+            ]
+        rows = [{"id": rid, "prediction": p} for rid, p in joined.items()]
+    elif task == "snli_ve":
+        rows = [{"id": ex.uid, "prediction": VE_LABELS[preds[ex.uid]]} for ex in examples]
+    else:
+        rows = [{"id": ex.uid, "prediction": "True" if preds[ex.uid] else "False"} for ex in examples]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -27,6 +27,7 @@ def _register() -> None:
     app.add_typer(score.app, name="score")
     app.command("train")(train.train_command)
     app.command("plan")(train.plan_command)
+    app.command("eval")(train.eval_command)
     app.command("pretrain")(pretrain.pretrain_command)
     app.command("protocol")(protocol.protocol_command)
     app.command("report")(protocol.report_command)

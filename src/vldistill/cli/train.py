@@ -58,3 +58,42 @@ def plan_command(
 
     cfg = resolve_config(config, preset, set_)
     render_plan(make_plan(cfg), console)
+
+
+def eval_command(
+    student: Annotated[Path, typer.Argument(help="a student folder written by vldistill (e.g. RUN/final)")],
+    config: ConfigArg = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option(help="folder for predictions and scores")] = Path("runs/eval"),
+) -> None:
+    """Evaluate a saved student on the config's evaluation splits; write predictions for `vldistill score`."""
+    import json
+
+    import torch
+
+    from vldistill.data.loader import ExampleDataset, collate_fn
+    from vldistill.evaluate import predict, score, write_predictions
+    from vldistill.experiment import load_data
+    from vldistill.models.processing import Processor
+    from vldistill.models.students import load_student
+
+    cfg = resolve_config(config, preset, set_)
+    data = load_data(cfg.data)
+    model = load_student(student)
+    processor = Processor.from_pretrained(student, max_length=cfg.student.max_text_len)
+    # A VQA student answers from its own vocabulary (id2label), whatever this data's training split holds.
+    answers = [model.config.id2label[i] for i in range(model.config.num_labels)] if data.task == "vqa" else None
+    results = {}
+    for name, es in data.evals.items():
+        loader = torch.utils.data.DataLoader(
+            ExampleDataset(es.examples),
+            batch_size=cfg.train.eval_batch_size,
+            collate_fn=collate_fn(processor, data.task, answers),
+        )
+        preds = predict(model, loader, "cpu")
+        suffix = "json" if data.task == "vqa" else "jsonl"
+        path = write_predictions(data.task, es.examples, preds, out / f"predictions-{name}.{suffix}", answers)
+        results[name] = score(data.task, es.examples, es.records, preds, answers)
+        console.print(f"{name}: {results[name]} -> {path}")
+    (out / "scores.json").write_text(json.dumps(results, indent=1))
