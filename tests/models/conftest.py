@@ -125,3 +125,16 @@ def num_labels() -> dict[str, int]:
 def tiny_sizes() -> dict[str, int]:
     """``StudentConfig`` size fields of a tiny model (hidden 32, 1 layer, 2 heads, 32 px, patch 8)."""
     return dict(TINY)
+
+
+@pytest.fixture
+def tiny_student(tiny_sizes, num_labels, answers) -> Callable[[str, str], torch.nn.Module]:
+    """``tiny_student(kind, task)``: a seeded tiny fusion or dual student for ``task``."""
+    from vldistill.models.students import StudentConfig, build_student
+
+    def make(kind: str, task: str) -> torch.nn.Module:
+        torch.manual_seed(0)
+        cfg = StudentConfig(kind=kind, **tiny_sizes)
+        return build_student(cfg, task, num_labels[task], answers if task == "vqa" else None)
+
+    return make

@@ -26,13 +26,8 @@ SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "i
 
 
 @pytest.fixture
-def build(tiny_sizes, num_labels, answers):
-    def make(task: str) -> DualEncoderStudent:
-        torch.manual_seed(0)
-        cfg = StudentConfig(kind="dual", **tiny_sizes)
-        return build_student(cfg, task, num_labels[task], answers if task == "vqa" else None)
-
-    return make
+def build(tiny_student):
+    return lambda task: tiny_student("dual", task)
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -20,13 +20,8 @@ VIEWS = {"vqa": 1, "snli_ve": 1, "vcr": 4, "nlvr2": 2}
 
 
 @pytest.fixture
-def build(tiny_sizes, num_labels, answers):
-    def make(task: str) -> FusionStudent:
-        torch.manual_seed(0)
-        cfg = StudentConfig(kind="fusion", **tiny_sizes)
-        return build_student(cfg, task, num_labels[task], answers if task == "vqa" else None)
-
-    return make
+def build(tiny_student):
+    return lambda task: tiny_student("fusion", task)
 
 
 @pytest.mark.parametrize("task", TASKS)
