@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from vldistill.errors import DataError
-from vldistill.report import aggregate, format_cell, pooled_std, read_results, summary_table, write_report
+from vldistill.report import format_cell, summary_table, write_report
+from vldistill.report_cells import aggregate, pooled_std, read_results
 
 # (task, condition, split, fraction, student, method, metric) -> values over seeds 0, 1, 2, ...
 VQA = "vqa_accuracy"

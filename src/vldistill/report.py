@@ -10,222 +10,26 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vldistill.errors import DataError
-from vldistill.evaluate import PRIMARY_METRIC
+from vldistill.report_cells import (
+    Cell,
+    Column,
+    ResultRow,
+    _primary_cells,
+    aggregate,
+    baseline_of,
+    column_key,
+    condition_key,
+    gain,
+    pooled_std,
+    primary_metric,
+    read_results,
+)
 from vldistill.report_plots import dide_cells, plot_dide, plot_lowshot, plot_shift
-
-_TASK_ORDER = tuple(PRIMARY_METRIC)
-_STUDENT_ORDER = ("fusion", "dual")
-_METHOD_ORDER = ("none", "kd", "clip_td", "mad", "dide")
-_NUMBER = (int, float)
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "task": str,
-    "condition": str,
-    "method": str,
-    "student": str,
-    "seed": int,
-    "metric": str,
-    "value": _NUMBER,
-    "split": str,
-}
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {
-    "label": str,
-    "fraction": _NUMBER,
-    "train_examples": int,
-    "seconds": _NUMBER,
-    "eval_ms_per_example": _NUMBER,
-}
-Column = tuple[str, str, str]  # a table column: (student, method, label)
-_FIX = "rerun the run (`vldistill protocol` continues where it stopped) or delete the line"
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One metric of one finished run on one split. ``label`` names the protocol's method entry (default:
-    ``method``), so two entries of one method (an ablation) stay apart. ``value`` is in percent."""
-
-    task: str
-    condition: str
-    method: str
-    student: str
-    seed: int
-    metric: str
-    value: float
-    split: str
-    label: str
-    fraction: float | None = None
-    train_examples: int | None = None
-    seconds: float | None = None
-    eval_ms_per_example: float | None = None
-
-
-@dataclass(frozen=True)
-class Cell:
-    """The rows of one (task, condition, split, student, method entry, metric) over seeds."""
-
-    task: str
-    condition: str
-    split: str
-    student: str
-    method: str
-    label: str
-    metric: str
-    values: tuple[float, ...]
-    fraction: float | None
-    eval_ms_per_example: float | None
-    seconds: float | None
-    train_examples: float | None
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self) -> float:
-        """Sample std (ddof=1); NaN for a single seed."""
-        return statistics.stdev(self.values) if self.n > 1 else math.nan
-
-    @property
-    def comparable(self) -> tuple[str, str, str, str, str]:
-        """What a cell and its baseline share: task, condition, split, student, metric."""
-        return self.task, self.condition, self.split, self.student, self.metric
-
-    @property
-    def column(self) -> Column:
-        return self.student, self.method, self.label
-
-
-def _checked(raw: Any, path: Path, where: str) -> ResultRow:
-    if not isinstance(raw, dict):
-        raise DataError(path, where, f"expected a JSON object, got {type(raw).__name__}", _FIX)
-    for key, kind in (*_REQUIRED.items(), *_OPTIONAL.items()):
-        if key not in raw or (key in _OPTIONAL and raw[key] is None):
-            if key in _REQUIRED:
-                raise DataError(path, where, f"missing field '{key}'", _FIX)
-            continue
-        value = raw[key]
-        bad_number = isinstance(value, float) and not math.isfinite(value)
-        if isinstance(value, bool) or not isinstance(value, kind) or bad_number:
-            raise DataError(path, where, f"field '{key}' has the wrong type or value: {value!r}", _FIX)
-    fields = {key: raw.get(key) for key in (*_REQUIRED, *_OPTIONAL)}
-    fields["label"] = fields["label"] or raw["method"]
-    return ResultRow(**fields)
-
-
-def read_results(path: Path) -> list[ResultRow]:
-    """The rows of ``results.jsonl`` (of a row repeated by a rerun, the last); bad input raises DataError."""
-    if not path.is_file():
-        raise DataError(path, None, "results file not found", "run `vldistill protocol CONFIG --out DIR` first")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise DataError(path, None, f"not UTF-8 text ({err.reason})", "rewrite the file as UTF-8") from None
-    rows: dict[tuple, ResultRow] = {}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, f"line {number}", f"malformed JSON ({err.msg})", _FIX) from None
-        row = _checked(raw, path, f"line {number}")
-        key = (row.task, row.condition, row.label, row.method, row.student, row.seed, row.metric, row.split)
-        rows.pop(key, None)  # a rerun: the later line replaces it and takes its place in file order
-        rows[key] = row
-    if not rows:
-        raise DataError(path, None, "no finished runs yet", "wait for the protocol's first run to finish")
-    return list(rows.values())
-
-
-def _rank(name: str, order: Sequence[str]) -> tuple[int, str]:
-    return (order.index(name), "") if name in order else (len(order), name)
-
-
-def column_key(column: Column) -> tuple:
-    """Sort key of a (student, method, label) column: fusion before dual, none first, then kd..dide."""
-    student, method, label = column
-    return _rank(student, _STUDENT_ORDER), _rank(method, _METHOD_ORDER), label
-
-
-def condition_key(condition: str, split: str, fraction: float | None) -> tuple:
-    """full, then low-shot by increasing fraction, then other conditions, then shift; eval split first."""
-    if condition in ("full", "shift"):
-        return (0 if condition == "full" else 3, 0.0, ""), split != "eval", split
-    group = (1, fraction, condition) if fraction is not None else (2, 0.0, condition)
-    return group, split != "eval", split
-
-
-def _mean_of(values: Iterable[float | None]) -> float | None:
-    return statistics.fmean(known) if (known := [v for v in values if v is not None]) else None
-
-
-def aggregate(rows: Sequence[ResultRow]) -> list[Cell]:
-    """Group rows over seeds into cells, sorted by task (vqa, snli_ve, vcr, nlvr2), condition, column."""
-    groups: dict[tuple, list[ResultRow]] = {}
-    for row in rows:
-        key = (row.task, row.condition, row.split, row.student, row.method, row.label, row.metric)
-        groups.setdefault(key, []).append(row)
-    cells = [
-        Cell(
-            *key,
-            values=tuple(r.value for r in group),
-            fraction=group[0].fraction,
-            eval_ms_per_example=_mean_of(r.eval_ms_per_example for r in group),
-            seconds=_mean_of(r.seconds for r in group),
-            train_examples=_mean_of(r.train_examples for r in group),
-        )
-        for key, group in groups.items()
-    ]
-    return sorted(
-        cells,
-        key=lambda c: (
-            _rank(c.task, _TASK_ORDER),
-            condition_key(c.condition, c.split, c.fraction),
-            column_key(c.column),
-            c.metric,
-        ),
-    )
-
-
-def primary_metric(task: str, cells: Sequence[Cell]) -> str:
-    """The task's headline metric (``PRIMARY_METRIC``), else (unknown task, metric absent) its first one."""
-    metrics = [c.metric for c in cells if c.task == task]
-    return PRIMARY_METRIC[task] if PRIMARY_METRIC.get(task) in metrics else metrics[0]
-
-
-def _primary_cells(task: str, cells: Sequence[Cell]) -> tuple[str, list[Cell]]:
-    metric = primary_metric(task, cells)
-    return metric, [c for c in cells if (c.task, c.metric) == (task, metric)]
-
-
-def baseline_of(cell: Cell, cells: Sequence[Cell]) -> Cell | None:
-    """The same student's ``none`` cell (label ``none`` preferred) under the cell's task, condition, split."""
-    candidates = [c for c in cells if c.method == "none" and c.comparable == cell.comparable]
-    candidates.sort(key=lambda c: c.label != "none")
-    return candidates[0] if candidates else None
-
-
-def gain(cell: Cell, cells: Sequence[Cell]) -> float | None:
-    """Mean minus the baseline's mean; None for a baseline itself or when no baseline ran."""
-    base = baseline_of(cell, cells)
-    return None if base is None or base is cell else cell.mean - base.mean
-
-
-def pooled_std(a: Cell, b: Cell) -> float:
-    """sqrt(((n_a-1) s_a^2 + (n_b-1) s_b^2) / (n_a+n_b-2)); NaN when both cells have one seed."""
-    dof = a.n + b.n - 2
-    squares = sum((c.n - 1) * c.std**2 for c in (a, b) if c.n > 1)
-    return math.sqrt(squares / dof) if dof else math.nan
 
 
 def _number(value: float | None, spec: str) -> str:

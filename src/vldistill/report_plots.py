@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from vldistill.report import Cell
+    from vldistill.report_cells import Cell
 
 _DIDE_MODELS = {
     ("fusion", "none"): "fusion teacher",
