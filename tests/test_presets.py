@@ -367,7 +367,8 @@ def test_clip_td_presets_plan_with_stand_ins(name: str, standins: dict[str, dict
     assert image["selected_max"] == 8  # ratio 0.5 of 16 image tokens
     assert 1 <= text["selected_min"] <= text["selected_max"] <= 32
     assert (plan.method["selection"], plan.method["weighting"]) == ("teacher_relevance", "teacher_confidence")
-    assert plan.weights is not None and 0.1 <= plan.weights["min"] <= plan.weights["max"] <= 1.0
+    assert plan.weights is not None and 0 < plan.weights["min"] <= 1.0 <= plan.weights["max"]
+    assert plan.weights["mean"] == pytest.approx(1.0, abs=1e-3)  # method.weight_normalize (default)
     assert set(plan.losses) == {"task", "feature/clip/image", "feature/clip/text"} and _finite(plan.losses)
     assert plan.student["image_grid"] == "4x4" and plan.student["task"] == task
     assert plan.teachers[0]["image_size"] == "48x48"
@@ -385,7 +386,8 @@ def test_mad_presets_plan_with_stand_ins(name: str, standins: dict[str, dict[str
     assert links["feature/text/text"]["projection"] == f"Linear({STUDENT_HIDDEN}->{ROBERTA_HIDDEN})"
     assert links["feature/vision/image"]["selected_max"] == 8
     assert plan.method["selection"] == "student_cls" and plan.method["weighting"] == "student_confidence"
-    assert plan.weights is not None and 0.1 <= plan.weights["min"] <= plan.weights["max"] <= 1.0
+    assert plan.weights is not None and 0 < plan.weights["min"] <= 1.0 <= plan.weights["max"]
+    assert plan.weights["mean"] == pytest.approx(1.0, abs=1e-3)  # method.weight_normalize (default)
     assert set(plan.losses) == {"task", "feature/vision/image", "feature/text/text"} and _finite(plan.losses)
     assert {t["name"]: t["kind"] for t in plan.teachers} == {"vision": "vision", "text": "text"}
     # the vision teacher is CLIP's image tower alone, loaded from the full CLIP checkpoint

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from vldistill.config import ExperimentConfig
 from vldistill.data.loader import ExampleDataset, collate_fn
-from vldistill.distill.methods import FeatureDistillation, comparison_grid
+from vldistill.distill.features import FeatureDistillation, comparison_grid
 from vldistill.errors import ConfigError
 from vldistill.experiment import build_models, load_data
 from vldistill.models.heads import task_loss
@@ -83,7 +83,7 @@ def make_plan(cfg: ExperimentConfig, batch_size: int = 4) -> Plan:
         )
     if isinstance(method, FeatureDistillation):
         try:
-            for term, _student, tt, sel in method.token_pairs(out, batch, targets):
+            for term, _student, tt, sel, _raw, _real in method.token_pairs(out, batch, targets):
                 name, modality = term.split("/")
                 proj = method.projections[f"{name}_{modality}"]
                 counts = sel.sum(dim=1).float()

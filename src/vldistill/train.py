@@ -212,7 +212,9 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
     with torch.no_grad():
         sample_out = built.student(first.student, output_cross_attention=built.method.needs_cross_attention)
     built.method.setup(sample_out, teacher_targets_for_batch(built, first, teacher_cache, device))
-    built.method.projections.to(device)
+    # Statistics over the training set (target_norm: standardize), from the cache or live teachers.
+    built.method.prepare(data.train, teacher_cache, store=store, batch_size=tc.batch_size)
+    built.method.to(device)
     set_seed(tc.seed)  # the setup batch must not change the training run's random stream
 
     model = DistillModel(built.student, built.method)

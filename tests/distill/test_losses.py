@@ -10,6 +10,7 @@ from vldistill.distill.losses import (
     renormalize,
     weighted_feature_loss,
 )
+from vldistill.models.heads import task_loss
 
 T, F = True, False
 
@@ -108,11 +109,44 @@ def test_logit_kd_sigmoid_values() -> None:
     ln3 = math.log(3)
     student = torch.tensor([[0.0, 2.0]])
     teacher = torch.tensor([[0.0, 2 * ln3]])
-    # T = 2: targets sigmoid([0, ln 3]) = [0.5, 0.75]
+    # T = 2 on both sides: targets sigmoid([0, ln 3]) = [0.5, 0.75], student logits s / T = [0, 1]
     # answer 0: softplus(0) - 0.5 * 0 = ln 2 = 0.693147
-    # answer 1: softplus(2) - 0.75 * 2 = 2.126928 - 1.5 = 0.626928; mean 0.660038
-    expected = (math.log(2) + math.log1p(math.exp(2)) - 1.5) / 2
-    assert logit_kd(student, teacher, kind="sigmoid", temperature=2.0).item() == pytest.approx(expected)
+    # answer 1: softplus(1) - 0.75 * 1 = 1.313262 - 0.75 = 0.563262
+    per_answer = [math.log(2), math.log1p(math.e) - 0.75]
+    # times T^2 = 4: mean over answers 2.512818, sum 5.025636
+    mean = logit_kd(student, teacher, kind="sigmoid", temperature=2.0).item()
+    assert mean == pytest.approx(4 * sum(per_answer) / 2) and mean == pytest.approx(2.512818, abs=1e-6)
+    summed = logit_kd(student, teacher, kind="sigmoid", temperature=2.0, classes="sum").item()
+    assert summed == pytest.approx(4 * sum(per_answer)) and summed == pytest.approx(5.025636, abs=1e-6)
+    with pytest.raises(ValueError, match="class reduction"):
+        logit_kd(student, teacher, kind="sigmoid", temperature=1.0, classes="max")  # type: ignore[arg-type]
+
+
+def test_vqa_soft_labels_are_on_the_task_loss_scale() -> None:
+    """Issue 13: at 3,129 answers the answer-mean soft-label term weighed 1/3,129 of the task loss."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 3129), torch.randn(8, 3129)
+    mean = logit_kd(student, teacher, kind="sigmoid", temperature=1.0, classes="mean").item()
+    summed = logit_kd(student, teacher, kind="sigmoid", temperature=1.0, classes="sum").item()
+    # The old scale (answer mean) and the task loss's (sum over answers, mean over the batch) for
+    # these seeded logits; the issue's own tensors gave 0.81043 and 2535.83, the same ratio 3,129.
+    assert mean == pytest.approx(0.806803, abs=1e-6)
+    assert summed == pytest.approx(2524.487, abs=1e-2)
+    assert summed == pytest.approx(3129 * mean, rel=1e-5)
+    # Exactly the VQA task loss of the student against the teacher's probabilities as soft scores.
+    assert summed == pytest.approx(task_loss("vqa", student, torch.sigmoid(teacher)).item(), rel=1e-6)
+
+
+def test_logit_kd_sigmoid_gradient_is_temperature_free_at_high_temperature() -> None:
+    # T^2 * d BCE(sigmoid(s/T), sigmoid(t/T)) / ds = T (sigmoid(s/T) - sigmoid(t/T)), which tends to (s - t) / 4.
+    student = torch.tensor([[1.0, -2.0]], requires_grad=True)
+    teacher = torch.tensor([[3.0, 0.0]])
+    logit_kd(student, teacher, kind="sigmoid", temperature=1.0, classes="sum").backward()
+    # T = 1: [sigmoid(1) - sigmoid(3), sigmoid(-2) - sigmoid(0)] = [0.731059 - 0.952574, 0.119203 - 0.5]
+    assert torch.allclose(student.grad, torch.tensor([[-0.221516, -0.380797]]), atol=1e-6)
+    student.grad = None
+    logit_kd(student, teacher, kind="sigmoid", temperature=1000.0, classes="sum").backward()
+    assert torch.allclose(student.grad, torch.tensor([[-0.5, -0.5]]), atol=1e-4)
 
 
 def test_logit_kd_gradient_goes_to_student_only() -> None:

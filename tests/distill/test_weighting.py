@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vldistill.distill.weighting import confidence_weights, constant_weights, normalize_weights
+from vldistill.distill.weighting import confidence_weights, constant_weights, global_mean, normalize_weights
 from vldistill.errors import ConfigError
 
 E2 = math.exp(2.0)
@@ -74,3 +74,10 @@ def test_invalid_arguments() -> None:
         confidence_weights(logits, mask, torch.tensor([1]))
     with pytest.raises(ValueError, match="past the candidates"):
         confidence_weights(logits, mask, torch.tensor([2]))
+
+
+def test_normalize_by_a_given_mean() -> None:
+    # the global batch's mean (e.g. 0.8 over all processes) divides this process's part
+    assert torch.allclose(normalize_weights(torch.tensor([0.2, 0.6]), torch.tensor(0.8)), torch.tensor([0.25, 0.75]))
+    # without a process group the global batch is this batch
+    assert global_mean(torch.tensor([0.2, 0.6, 1.0])).item() == pytest.approx(0.6)

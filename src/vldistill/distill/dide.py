@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vldistill.data.examples import TASK_KINDS
 from vldistill.data.loader import Batch
 from vldistill.distill.config import MethodConfig
-from vldistill.distill.losses import attention_kl, logit_kd
+from vldistill.distill.losses import attention_kl
 from vldistill.distill.methods import Method, register
 from vldistill.errors import ConfigError
 from vldistill.models.outputs import StudentOutput
@@ -25,9 +24,10 @@ class DistilledDualEncoder(Method):
     """DiDE (arXiv 2112.08723): a dual-encoder student learns a fusion teacher's cross-modal attention.
 
     Loss: ``attention_weight * (KL_t2i + KL_i2t)`` on the last layer (padded queries and keys masked,
-    unlike the reference code) ``+ logit_weight * soft-label loss`` (BCE on sigmoid scores for VQA,
-    KL of softmaxes otherwise). Student and teacher must share tokenizer and patch grid so that the
-    attention maps line up position by position; ``vldistill plan`` checks it.
+    unlike the reference code) ``+ logit_weight * soft-label loss`` (VQA: BCE on sigmoid scores summed
+    over the answers and averaged over the batch, the task loss's scale, as the reference; otherwise
+    KL of softmaxes; :meth:`Method.soft_label_loss`). Student and teacher must share tokenizer and
+    patch grid so that the attention maps line up position by position; ``vldistill plan`` checks it.
     """
 
     needs_cross_attention = True
@@ -71,11 +71,8 @@ class DistilledDualEncoder(Method):
             "attention/i2t": self.cfg.attention_weight * attention_kl(i2t, ca.image_to_text, image_mask, text_mask),
         }
         if self.logit_weight > 0:
-            kind = "sigmoid" if TASK_KINDS[self.task] == "multilabel" else "softmax"
-            teacher = self.teacher_logits(self.teacher_name, t["logits"]).to(out.logits.dtype)
-            terms["logits/soft_labels"] = self.logit_weight * logit_kd(
-                out.logits, teacher, kind=kind, temperature=self.cfg.temperature
-            )
+            soft = self.soft_label_loss(self.teacher_name, out.logits, t["logits"])
+            terms["logits/soft_labels"] = self.logit_weight * soft
         return terms
 
     def describe(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 FeatureDistance = Literal["l1", "l2", "cosine"]
 LogitKind = Literal["softmax", "sigmoid"]
+ClassReduction = Literal["sum", "mean"]
 
 # Smallest student probability inside a log: a teacher that puts mass where the student puts none
 # gives a large but finite loss and gradient.
@@ -82,19 +83,37 @@ def weighted_feature_loss(per_instance: torch.Tensor, weights: torch.Tensor) -> 
 
 
 def logit_kd(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, kind: LogitKind, temperature: float
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    kind: LogitKind,
+    temperature: float,
+    classes: ClassReduction = "mean",
 ) -> torch.Tensor:
     """Logit distillation (Hinton et al. 2015; DiDE's soft labels, arXiv 2112.08723).
 
     Args:
         student_logits, teacher_logits: ``(B, C)``.
         kind: ``softmax`` (classification: VE, NLVR2, VCR candidates):
-            ``T^2 * mean_b KL(softmax(t_b / T) || softmax(s_b / T))``; the ``T^2`` keeps gradient sizes
-            independent of ``T``.
-            ``sigmoid`` (VQA's multi-label answers, as DiDE): binary cross-entropy of the raw student
-            logits against ``sigmoid(t / T)``, mean over answers and batch. Note it is not 0 when the
-            student matches: the minimum is the targets' entropy.
-        temperature: ``T`` > 0.
+            ``T^2 * mean_b KL(softmax(t_b / T) || softmax(s_b / T))``.
+            ``sigmoid`` (independent binary labels: VQA's answers, as DiDE; matching scores):
+            ``T^2 * BCE(sigmoid(s / T), sigmoid(t / T))`` per class, combined over the ``C`` classes
+            by ``classes`` and averaged over the batch. It is not 0 when the student matches: the
+            minimum is the targets' entropy.
+        temperature: ``T`` > 0, applied to both student and teacher logits.
+        classes: sigmoid only, how the ``C`` per-class terms combine: ``sum`` for VQA soft labels,
+            the scale of the VQA task loss (``vldistill.models.heads.task_loss``: ViLT's BCE mean x
+            number of answers, i.e. sum over answers, mean over the batch; DiDE's reference does the
+            same), so that ``logit_weight`` 1 weighs soft labels like the task loss; ``mean`` (the
+            default, for callers such as DiDE pre-training's ITM scores) averages them. With 3,129
+            answers ``mean`` is 3,129 times smaller than ``sum``. The softmax KL always sums over
+            classes.
+
+    The ``T^2`` factor (Hinton's convention, here for both kinds) keeps gradient sizes independent of
+    ``T``: the gradient per logit is ``T * (p_s - p_t)`` with ``p = softmax or sigmoid(z / T)``, and
+    for large ``T`` ``p_s - p_t`` shrinks like ``(s - t) / T`` (sigmoid: ``sigmoid(z / T) ~ 1/2 + z / 4T``),
+    so the gradient tends to ``(s - t) / 4`` per answer for sigmoid (``(s - t - mean) / C`` for
+    softmax), whatever ``T``. At ``T = 1`` both kinds are the plain losses.
 
     Returns:
         scalar.
@@ -102,7 +121,8 @@ def logit_kd(
     Example:
         ``s = [[0, 0]]``, ``t = [[ln 3, 0]]``, softmax, ``T = 1``: teacher ``[0.75, 0.25]``, student
         ``[0.5, 0.5]`` -> ``0.75 ln 1.5 + 0.25 ln 0.5 = 0.1308``.
-        ``s = [[0]]``, ``t = [[0]]``, sigmoid: target 0.5 -> ``-ln 0.5 = 0.6931``.
+        ``s = [[0, 0]]``, ``t = [[0, 0]]``, sigmoid: targets 0.5 -> ``ln 2 = 0.6931`` per answer:
+        ``0.6931`` with ``classes="mean"``, ``1.3863`` with ``classes="sum"``.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -110,18 +130,20 @@ def logit_kd(
         )
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
-    s = student_logits.float()
+    s = student_logits.float() / temperature
     t = teacher_logits.detach().float() / temperature
     if kind == "softmax":
-        kl = F.kl_div(
-            F.log_softmax(s / temperature, dim=-1),
-            F.log_softmax(t, dim=-1),
-            reduction="batchmean",
-            log_target=True,
-        )
+        kl = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction="batchmean", log_target=True)
         return kl * temperature**2
     if kind == "sigmoid":
-        return F.binary_cross_entropy_with_logits(s, torch.sigmoid(t))
+        per_class = F.binary_cross_entropy_with_logits(s, torch.sigmoid(t), reduction="none")
+        if classes == "sum":
+            per_example = per_class.sum(dim=-1)
+        elif classes == "mean":
+            per_example = per_class.mean(dim=-1)
+        else:
+            raise ValueError(f"unknown class reduction '{classes}'; use sum or mean")
+        return per_example.mean() * temperature**2
     raise ValueError(f"unknown logit distillation kind '{kind}'; use softmax or sigmoid")
 
 

@@ -1,27 +1,15 @@
 """Distillation methods, registered by name: ``none``, ``kd``, ``clip_td``, ``mad``, ``dide``.
 
 A method owns its frozen teachers (kept out of ``parameters()`` and ``state_dict()``: they are never
-trained nor checkpointed) and its trainable projections. The trainer calls :meth:`Method.targets`
-(or reads the same tensors from the teacher cache) and then :meth:`Method.losses`, and adds the
-returned, already weighted, terms to the task loss.
+trained nor checkpointed), its trainable projections and, where it has any, the statistics it
+normalises targets with (buffers: checkpointed). The trainer calls :meth:`Method.setup` on one
+batch, :meth:`Method.prepare` once (statistics over the training set), then per step
+:meth:`Method.targets` (or reads the same tensors from the teacher cache) and :meth:`Method.losses`,
+and adds the returned, already weighted, terms to the task loss.
 
-Feature methods (``kd``, ``clip_td``, ``mad``) share one implementation, :class:`FeatureDistillation`;
-they differ in their teachers and in the defaults of two switches, as the papers differ:
-
-================  ==============================  ==========================================
-method            token selection (default)       per-instance weight (default)
-================  ==============================  ==========================================
-kd  (naive)       all tokens                      constant
-clip_td           teacher_relevance (CLIP)        teacher_confidence (CLIP zero-shot)
-mad               student_cls                     teacher_confidence if a teacher can score
-                                                  candidates zero-shot, else student_confidence
-================  ==============================  ==========================================
-
-CLIP-TD (arXiv 2201.05729) selects tokens by their relevance to the other modality, which needs
-a joint image-text space: CLIP's. MAD (arXiv 2204.10496) distils from *unimodal* encoders (e.g.
-an ImageNet CNN and a text encoder) that have no joint space, so its default ranks tokens by the
-cross-modal student's own [CLS] attention; the paper does not spell out the rule, this is our reading
-(switch: ``method.selection``).
+This module holds the registry and the base class (the ``none`` baseline, logit KD helpers); the
+feature methods ``kd``, ``clip_td`` and ``mad`` are in :mod:`vldistill.distill.features`, DiDE in
+:mod:`vldistill.distill.dide`.
 """
 
 from __future__ import annotations
@@ -33,14 +21,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vldistill.data.examples import TASK_KINDS, TaskExample, view_index
-from vldistill.data.loader import Batch
-from vldistill.distill.align import pool_grid, pool_words
+from vldistill.data.examples import TASK_KINDS, TaskExample
+from vldistill.data.loader import Batch, ImageStore
 from vldistill.distill.config import MethodConfig
-from vldistill.distill.losses import feature_distance, logit_kd, weighted_feature_loss
-from vldistill.distill.selection import head_mean_cls_scores, relevance, selection_mask
+from vldistill.distill.losses import logit_kd
 from vldistill.distill.targets import teacher_targets
-from vldistill.distill.weighting import confidence_weights, constant_weights
 from vldistill.errors import ConfigError
 from vldistill.models.outputs import StudentOutput
 
@@ -117,6 +102,20 @@ class Method(nn.Module):
     def setup(self, out: StudentOutput, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Create the projections once the student's and teachers' widths are known (one batch)."""
 
+    def prepare(
+        self,
+        examples: Sequence[TaskExample],
+        cache: Any = None,
+        *,
+        store: ImageStore | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        """After :meth:`setup`, before training: fit what needs the training set (``examples``).
+
+        ``cache`` is the open teacher cache (or None: run the teachers live on images from
+        ``store``, in batches of ``batch_size``). The base method needs nothing.
+        """
+
     def _map_teacher_logits(self, out: StudentOutput, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
         """Line up each fusion teacher's logits with the student's classes.
 
@@ -151,6 +150,18 @@ class Method(nn.Module):
         picked = logits[:, index.clamp(min=0)]
         return picked.masked_fill(index < 0, -1e4)
 
+    def soft_label_loss(self, name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Unweighted logit KD of teacher ``name``'s ``(B, C_t)`` logits into the student's ``(B, C)``.
+
+        Multi-label VQA: sigmoid BCE summed over the answers and averaged over the batch, the scale of
+        the VQA task loss (``task_loss``: ViLT's BCE x number of answers) and of DiDE's reference;
+        other tasks: softmax KL (see :func:`~vldistill.distill.losses.logit_kd`, ``method.temperature``).
+        """
+        teacher = self.teacher_logits(name, teacher_logits).to(student_logits.dtype)
+        if TASK_KINDS[self.task] == "multilabel":
+            return logit_kd(student_logits, teacher, kind="sigmoid", temperature=self.cfg.temperature, classes="sum")
+        return logit_kd(student_logits, teacher, kind="softmax", temperature=self.cfg.temperature)
+
     def losses(
         self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
@@ -165,219 +176,6 @@ class Method(nn.Module):
 register("none")(Method)
 
 
-def comparison_grid(teacher: tuple[int, int], student: tuple[int, int]) -> tuple[int, int]:
-    """The grid on which image tokens are compared: the coarser of the two (``align.py``).
-
-    Pooling the finer side down, not stretching the coarser up, keeps the loss honest (no copied
-    cells) and cheap: EfficientNet's 2x2 map at 64 px is compared on 4 cells, not on 64 stretched ones.
-    """
-    return teacher if teacher[0] * teacher[1] < student[0] * student[1] else student
-
-
-def _gold_probability(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` the student's own probability of the gold answer, detached."""
-    logits = logits.detach().float()
-    if TASK_KINDS[task] == "multilabel":
-        gold = targets.argmax(dim=1)
-        return torch.sigmoid(logits.gather(1, gold[:, None]).squeeze(1))
-    return logits.softmax(dim=1).gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
-
-
-class FeatureDistillation(Method):
-    """Token-feature distillation from unimodal teachers through learned projections.
-
-    For each teacher and each modality it has: align (text word by word, images cell by cell on the
-    student's grid), project the student's tokens to the teacher's width, select tokens per
-    instance, take the per-instance distance, weight it per instance, and scale by
-    ``feature_weight``. Term names are ``feature/<teacher>/<image|text>``.
-    """
-
-    default_selection: ClassVar[str] = "all"
-    default_weighting: ClassVar[str] = "constant"
-
-    def __init__(
-        self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
-    ) -> None:
-        super().__init__(cfg, teachers, task, answers)
-        if not teachers:
-            raise ConfigError(f"method '{self.name}' needs at least one teacher; fix: add method.teachers")
-        self.selection = cfg.selection or self.default_selection
-        self.weighting = cfg.weighting or self._default_weighting()
-        if self.weighting == "teacher_confidence" and not self._zero_shot_teachers():
-            raise ConfigError(
-                f"method '{self.name}': weighting teacher_confidence needs a teacher that scores candidates "
-                "zero-shot (kind: clip); fix: add one or set method.weighting to student_confidence or constant"
-            )
-
-    def _zero_shot_teachers(self) -> list[str]:
-        return [n for n, t in self._teachers.items() if getattr(t, "kind", "") == "clip"]
-
-    def _default_weighting(self) -> str:
-        return self.default_weighting
-
-    def needs_candidates(self, name: str) -> bool:
-        return self.weighting == "teacher_confidence" and name == self._zero_shot_teachers()[0]
-
-    def setup(self, out: StudentOutput, targets: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
-        for name, t in targets.items():
-            if "image_tokens" in t:
-                self.projections[f"{name}_image"] = nn.Linear(out.image_tokens.shape[-1], t["image_tokens"].shape[-1])
-            if "text_words" in t:
-                self.projections[f"{name}_text"] = nn.Linear(out.text_tokens.shape[-1], t["text_words"].shape[-1])
-        if self.logit_weight > 0 and not any("logits" in t for t in targets.values()):
-            raise ConfigError("method.logit_weight > 0 needs a fusion teacher; fix: add one or set it to 0")
-        self._map_teacher_logits(out, targets)
-
-    def weights(
-        self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]
-    ) -> torch.Tensor:
-        """``(B,)`` per-instance weights of the feature terms."""
-        b = batch.targets.shape[0]
-        cfg = self.cfg
-        if self.weighting == "constant":
-            return constant_weights(b, device=out.logits.device)
-        if self.weighting == "student_confidence":
-            w = _gold_probability(self.task, out.logits, batch.targets).clamp(min=cfg.weight_floor)
-            return w / w.mean().clamp(min=1e-12) if cfg.weight_normalize else w
-        t = targets[self._zero_shot_teachers()[0]]
-        gold = torch.tensor([ex.gold_candidate for ex in batch.examples], device=out.logits.device)
-        gold = torch.where(gold < cfg.max_candidates, gold, torch.full_like(gold, -1))
-        return confidence_weights(
-            t["candidate_logits"],
-            t["candidate_mask"],
-            gold,
-            temperature=cfg.weight_temperature,
-            floor=cfg.weight_floor,
-            normalize=cfg.weight_normalize,
-        )
-
-    def _views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        s = batch.student
-        return view_index(s.task, s.batch_size, s.n_images, s.n_texts)
-
-    def _select(
-        self, kind: str, student_scores: torch.Tensor | None, teacher_scores: torch.Tensor | None, mask: torch.Tensor
-    ) -> torch.Tensor:
-        if self.selection == "teacher_relevance" and teacher_scores is None:
-            raise ConfigError(
-                f"method '{self.name}': selection teacher_relevance needs a teacher with a joint image-text "
-                f"space (kind: clip) to rank {kind} tokens; fix: set method.selection to student_cls or all"
-            )
-        if self.selection == "student_cls" and student_scores is None:
-            raise ConfigError(
-                f"method '{self.name}': selection student_cls needs a fusion student's [CLS] attention; "
-                "fix: set method.selection to teacher_relevance or all"
-            )
-        return selection_mask(
-            self.selection,
-            mask=mask,
-            teacher_scores=teacher_scores,
-            student_cls_scores=student_scores,
-            k=self.cfg.top_k,
-            ratio=self.cfg.ratio,
-        )
-
-    def token_pairs(self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]):
-        """Yield ``(term, student (N,K,Dt) projected, teacher (N,K,Dt), selected (N,K) bool)`` per view."""
-        img_ix, txt_ix = self._views(batch)
-        img_ix, txt_ix = img_ix.to(out.logits.device), txt_ix.to(out.logits.device)
-        cls_text = cls_image = None
-        if out.cls_attention is not None:
-            cls_text, cls_image = head_mean_cls_scores(out.cls_attention, out.text_tokens.shape[1])
-        for name, t in targets.items():
-            if "image_tokens" in t:
-                grid = tuple(int(v) for v in t["image_grid"][0])
-                cells = comparison_grid(grid, out.image_grid)
-                teacher = pool_grid(t["image_tokens"].flatten(0, 1)[img_ix], grid, cells)
-                student = pool_grid(out.image_tokens, out.image_grid, cells)
-                mask = pool_grid(out.image_mask.float().unsqueeze(-1), out.image_grid, cells).squeeze(-1) > 0
-                cls_cells = None
-                if cls_image is not None:
-                    cls_cells = pool_grid(cls_image.unsqueeze(-1), out.image_grid, cells).squeeze(-1)
-                scores = None
-                if "image_token_embeds" in t and "text_embeds" in t:
-                    tok = pool_grid(t["image_token_embeds"].flatten(0, 1)[img_ix], grid, cells)
-                    scores = relevance(tok, t["text_embeds"].flatten(0, 1)[txt_ix])
-                sel = self._select("image", cls_cells, scores, mask)
-                yield f"{name}/image", self.projections[f"{name}_image"](student), teacher, sel
-            if "text_words" in t:
-                w = self.cfg.max_words
-                student_words, student_mask = pool_words(out.text_tokens, out.text_word_index, w)
-                teacher = t["text_words"].flatten(0, 1)[txt_ix]
-                mask = student_mask & t["text_word_mask"].flatten(0, 1)[txt_ix]
-                scores = None
-                if "text_word_embeds" in t and "image_embeds" in t:
-                    scores = relevance(
-                        t["text_word_embeds"].flatten(0, 1)[txt_ix], t["image_embeds"].flatten(0, 1)[img_ix]
-                    )
-                cls_words = None
-                if cls_text is not None:
-                    cls_words = pool_words(cls_text.unsqueeze(-1), out.text_word_index, w)[0].squeeze(-1)
-                sel = self._select("text", cls_words, scores, mask)
-                yield f"{name}/text", self.projections[f"{name}_text"](student_words), teacher, sel
-
-    def losses(
-        self, out: StudentOutput, batch: Batch, targets: Mapping[str, Mapping[str, torch.Tensor]]
-    ) -> dict[str, torch.Tensor]:
-        b = batch.targets.shape[0]
-        weights = self.weights(out, batch, targets)
-        terms: dict[str, torch.Tensor] = {}
-        for term, student, teacher, selected in self.token_pairs(out, batch, targets):
-            per_view = feature_distance(student, teacher.to(student.dtype), selected, self.cfg.feature_loss)
-            per_example = per_view.view(b, -1).mean(dim=1)
-            terms[f"feature/{term}"] = self.cfg.feature_weight * weighted_feature_loss(per_example, weights)
-        if self.logit_weight > 0:
-            for name, t in targets.items():
-                if "logits" in t:
-                    kind = "sigmoid" if TASK_KINDS[self.task] == "multilabel" else "softmax"
-                    teacher = self.teacher_logits(name, t["logits"]).to(out.logits.dtype)
-                    kd = logit_kd(out.logits, teacher, kind=kind, temperature=self.cfg.temperature)
-                    terms[f"logits/{name}"] = self.logit_weight * kd
-        return terms
-
-    def describe(self) -> dict[str, Any]:
-        c = self.cfg
-        return {
-            "method": self.name,
-            "selection": self.selection,
-            "top_k": c.top_k,
-            "ratio": c.ratio,
-            "weighting": self.weighting,
-            "feature_loss": c.feature_loss,
-            "feature_weight": c.feature_weight,
-        }
-
-
-@register("kd")
-class NaiveDistillation(FeatureDistillation):
-    """The papers' baseline: all tokens, constant weight (plus logit KD when a fusion teacher is given)."""
-
-
-@register("clip_td")
-class CLIPTargetedDistillation(FeatureDistillation):
-    """CLIP-TD (arXiv 2201.05729): CLIP teacher, tokens selected by relevance, confidence-weighted."""
-
-    default_selection = "teacher_relevance"
-    default_weighting = "teacher_confidence"
-
-    def __init__(
-        self, cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
-    ) -> None:
-        if not any(getattr(t, "kind", "") == "clip" for t in teachers.values()):
-            raise ConfigError("method clip_td needs a teacher of kind clip; fix: add one under method.teachers")
-        super().__init__(cfg, teachers, task, answers)
-
-
-@register("mad")
-class MultimodalAdaptiveDistillation(FeatureDistillation):
-    """MAD (arXiv 2204.10496): several unimodal teachers at once, adaptive selection and weights."""
-
-    default_selection = "student_cls"
-
-    def _default_weighting(self) -> str:
-        return "teacher_confidence" if self._zero_shot_teachers() else "student_confidence"
-
-
 def build_method(
     cfg: MethodConfig, teachers: Mapping[str, nn.Module], task: str, answers: Sequence[str] | None = None
 ) -> Method:
@@ -389,5 +187,6 @@ def build_method(
     return cls(cfg, teachers, task, answers)
 
 
-# DiDE lives in its own module; importing it registers it.
+# The feature methods and DiDE live in their own modules; importing them registers them.
 from vldistill.distill import dide as _dide  # noqa: E402,F401
+from vldistill.distill import features as _features  # noqa: E402,F401

@@ -16,15 +16,35 @@ import torch
 from vldistill.errors import ConfigError
 
 
-def normalize_weights(weights: torch.Tensor) -> torch.Tensor:
+def global_mean(weights: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(B,)`` weights over the global batch: every process's part under data parallelism.
+
+    With ``torch.distributed`` initialised (DDP under accelerate, which splits each global batch
+    across processes), the sum and count are all-reduced, so two processes normalise exactly as one
+    process with the whole batch (up to float addition order); otherwise the plain mean. Every
+    process must call it at the same point of the step (the methods' losses are).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            totals = torch.stack(
+                [weights.detach().float().sum(), weights.new_tensor(weights.numel(), dtype=torch.float)]
+            )
+            torch.distributed.all_reduce(totals)
+            return (totals[0] / totals[1]).to(weights.dtype)
+    return weights.mean()
+
+
+def normalize_weights(weights: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
     """Rescale weights so that their mean over the batch is 1 (all-zero weights stay zero).
 
     Keeps the size of the distillation term independent of how confident the teacher is on average,
-    so ``lambda`` means the same thing across tasks. The mean is over this process's batch, not the
-    global batch under data parallelism.
+    so ``lambda`` means the same thing across tasks and weightings. ``mean`` defaults to the mean of
+    ``weights``; pass :func:`global_mean` to normalise over the global batch under data parallelism.
+    With gradient accumulation the batch is each accumulated micro-batch.
 
     Args:
         weights: ``(B,)`` non-negative.
+        mean: scalar, the mean to divide by.
 
     Returns:
         ``(B,)``.
@@ -32,7 +52,7 @@ def normalize_weights(weights: torch.Tensor) -> torch.Tensor:
     Example:
         ``[0.2, 0.6]`` -> ``[0.5, 1.5]``; ``[0., 0.]`` -> ``[0., 0.]``.
     """
-    mean = weights.mean()
+    mean = weights.mean() if mean is None else mean
     return torch.where(mean > 0, weights / mean.clamp(min=torch.finfo(weights.dtype).tiny), weights)
 
 

@@ -211,6 +211,7 @@ class FusionStudent(nn.Module):
             pixel_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device),
             image_token_type_idx=1,
             output_attentions=True,
+            output_hidden_states=True,
             return_dict=True,
         )
         pooled = out.pooler_output
@@ -233,4 +234,6 @@ class FusionStudent(nn.Module):
             pooled=pooled,
             cls_attention=attn[:, :, 0, keep.to(attn.device)],
             cross_attention=cross,
+            text_hidden_states=tuple(h[:, :n_text] for h in out.hidden_states),
+            image_hidden_states=tuple(h[:, n_text + 1 :] for h in out.hidden_states),
         )

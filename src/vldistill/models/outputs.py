@@ -85,6 +85,10 @@ class StudentOutput:
         cls_attention: ``(B * V, H, L + P)`` or None: last-layer attention of the [CLS] query over
             text then image tokens (fusion students; used by the ``student_cls`` token selection).
         cross_attention: last-layer cross-modal attention, when requested (DiDE).
+        text_hidden_states: fusion students: ``N + 1`` tensors ``(B * V, L, D)``, the text tokens of
+            transformers' ``hidden_states`` (index 0 the embeddings, ``k`` the output of layer ``k``,
+            before ViLT's final LayerNorm); None for students without per-layer tokens.
+        image_hidden_states: likewise ``(B * V, P, D)`` for the image patch tokens (no [CLS]).
     """
 
     logits: torch.Tensor
@@ -97,6 +101,8 @@ class StudentOutput:
     pooled: torch.Tensor
     cls_attention: torch.Tensor | None = None
     cross_attention: CrossModalAttention | None = None
+    text_hidden_states: tuple[torch.Tensor, ...] | None = None
+    image_hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
