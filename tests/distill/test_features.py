@@ -159,7 +159,7 @@ def test_layernorm_targets_are_normalised_per_token() -> None:
         by_hand = weighted_feature_loss(
             feature_distance(pair.student, expected_teacher, pair.selected, "l2").view(6, -1).mean(1), torch.ones(6)
         )
-        assert float(terms[f"feature/{pair.term}"].detach()) == pytest.approx(float(by_hand), rel=1e-6)
+        assert float(terms[f"feature/{pair.term}"].detach()) == pytest.approx(float(by_hand.detach()), rel=1e-6)
 
 
 def test_standardize_statistics_from_live_teachers_and_from_the_cache_agree(tmp_path) -> None:
