@@ -36,6 +36,7 @@ from vldistill.errors import ConfigError
 from vldistill.models.fusion import task_config_kwargs
 from vldistill.models.heads import build_head, head_logits
 from vldistill.models.outputs import CrossModalAttention, ModelInputs, StudentOutput
+from vldistill.models.pooling import end_token_pool
 
 
 @strict
@@ -242,7 +243,10 @@ class DualEncoderStudent(PreTrainedModel):
             output_hidden_states=with_query_key,
             return_dict=True,
         )
-        pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+        if isinstance(self.text_model, CLIPTextModel):  # at the end token whatever its id: see end_token_pool
+            pooled = end_token_pool(out.last_hidden_state, attention_mask)
+        else:
+            pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         query = key = None
         if with_query_key:
             query, key = _query_key(self.text_model, out.hidden_states[-2])
