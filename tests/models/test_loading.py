@@ -15,7 +15,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 
 from vldistill.errors import ConfigError
 from vldistill.models.loading import check_loaded_weights, checkpoint_model_type, resolve_pretrained
-from vldistill.models.teachers import TeacherConfig, build_teacher
+from vldistill.models.teachers import TeacherConfig, TinyTeacherConfig, build_teacher
 
 MISSING_HUB_ID = "nobody-vldistill/no-such-vilt"
 
@@ -97,6 +97,9 @@ def test_teacher_errors_name_the_teachers_key(monkeypatch: pytest.MonkeyPatch, n
     cfg = TeacherConfig(kind="clip", pretrained=MISSING_HUB_ID)
     with pytest.raises(ConfigError, match=r"^method\.teachers\.clip\.pretrained .*--set method\.teachers\.clip\."):
         build_teacher(cfg, key="method.teachers.clip")
+    tiny = TeacherConfig(kind="text", tiny=TinyTeacherConfig(tokenizer=MISSING_HUB_ID))
+    with pytest.raises(ConfigError, match=r"^method\.teachers\.text\.tiny\.tokenizer '"):
+        build_teacher(tiny, key="method.teachers.text")
     assert network_calls == []
 
 

@@ -76,9 +76,10 @@ class TeacherConfig(BaseModel):
         return self
 
 
-def _tokenizer(name: str) -> PreTrainedTokenizerBase:
+def _tokenizer(name: str, key: str) -> PreTrainedTokenizerBase:
     if name == MINILM:
         return minilm_tokenizer()
+    name = resolve_pretrained(name, key)
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
@@ -87,11 +88,11 @@ def _tokenizer(name: str) -> PreTrainedTokenizerBase:
         ) from err
 
 
-def _tiny_teacher(cfg: TeacherConfig, task: str | None) -> Teacher:
+def _tiny_teacher(cfg: TeacherConfig, task: str | None, key: str) -> Teacher:
     tiny = cfg.tiny
     assert tiny is not None
     size = cfg.image_size or 32
-    tokenizer = _tokenizer(tiny.tokenizer)
+    tokenizer = _tokenizer(tiny.tokenizer, f"{key}.tiny.tokenizer")
     processor = Processor(tokenizer, size, DEFAULT_MEAN, DEFAULT_STD, max_length=cfg.max_length)
     bert_like = dict(
         hidden_size=tiny.hidden_size,
@@ -143,14 +144,14 @@ def build_teacher(cfg: TeacherConfig, *, task: str | None = None, key: str = "te
     """The frozen teacher ``cfg`` describes; ``task`` (the data's) picks a fusion teacher's head.
 
     ``key`` is where ``cfg`` sits in the config (e.g. ``method.teachers.clip``): errors about
-    ``pretrained`` name ``<key>.pretrained``.
+    ``pretrained`` name ``<key>.pretrained`` (``<key>.tiny.tokenizer`` for a tiny teacher's tokenizer).
 
     Raises:
         ConfigError: a ``pretrained`` folder or hub id that cannot be found or reached (fast, one line:
             ``resolve_pretrained``), or a checkpoint that does not fit the kind.
     """
     if cfg.tiny is not None:
-        return _tiny_teacher(cfg, task)
+        return _tiny_teacher(cfg, task, key)
     assert cfg.pretrained is not None
     name = cfg.pretrained if cfg.pretrained in _PACKAGED else resolve_pretrained(cfg.pretrained, f"{key}.pretrained")
     kwargs = dict(image_size=cfg.image_size, max_length=cfg.max_length)
