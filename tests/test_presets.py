@@ -29,6 +29,7 @@ from transformers import (
     ViltForMaskedLM,
     ViTConfig,
     ViTForImageClassification,
+    ViTImageProcessorPil,
 )
 
 from vldistill.config import PRESETS_DIR, DataConfig, load_config, parse_config
@@ -285,6 +286,8 @@ def standins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
         )
     )
     add("google/vit-base-patch32-384", vit, None)
+    # As on the hub: a ViT checkpoint carries its image settings (0.5 mean/std), read for the dual student.
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(made["google/vit-base-patch32-384"]["path"])
     bert = BertModel(
         BertConfig(
             vocab_size=minilm_tokenizer().vocab_size,

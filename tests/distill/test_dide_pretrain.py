@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from tiny_configs import tiny_tree
-from transformers import ViltConfig, ViltForImageAndTextRetrieval, ViltForQuestionAnswering
+from transformers import ViltConfig, ViltForImageAndTextRetrieval, ViltForQuestionAnswering, ViltImageProcessorPil
 from typer.testing import CliRunner
 
 from vldistill.cli import app
@@ -233,6 +233,7 @@ def _vilt(cls, directory: Path) -> ViltForImageAndTextRetrieval:
     model = cls(config)
     model.save_pretrained(directory)
     minilm_tokenizer().save_pretrained(directory)
+    ViltImageProcessorPil(size={"shortest_edge": 32}).save_pretrained(directory)  # as hub ViLT checkpoints ship
     return model
 
 

@@ -80,7 +80,7 @@ def tokenizer(minilm_path: Path):
 
 @pytest.fixture(scope="session")
 def processor(minilm_path: Path) -> Processor:
-    return Processor.from_pretrained(minilm_path, image_size=32)
+    return Processor.for_text_model(minilm_path, image_size=32)
 
 
 @pytest.fixture(scope="session")

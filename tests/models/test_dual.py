@@ -10,6 +10,7 @@ from transformers import (
     BertModel,
     CLIPConfig,
     CLIPModel,
+    CLIPTextConfig,
     CLIPVisionConfig,
     CLIPVisionModel,
     ViTConfig,
@@ -155,3 +156,15 @@ def test_pretrained_towers_keep_their_weights(minilm_path: Path, make_inputs, tm
         out = model(make_inputs("nlvr2"))
     # MiniLM is 384 wide: image features are projected to it
     assert out.image_tokens.shape == (4, 16, 384) and out.logits.shape == (2, 2)
+
+
+def test_a_clip_text_tower_pools_at_the_end_token() -> None:
+    """A CLIP text tower whose end token is id 2 (RoBERTa numbering) is pooled at the end, not at the highest id."""
+    text = tower_from_config(CLIPTextConfig(vocab_size=20, max_position_embeddings=12, eos_token_id=2, **SMALL))
+    vision = tower_from_config(ViTConfig(image_size=32, patch_size=8, **SMALL))
+    student = DualEncoderStudent.from_towers(vision, text, "snli_ve", 3).eval()
+    ids = torch.tensor([[0, 19, 5, 7, 2, 1, 1], [0, 4, 2, 1, 1, 1, 1]])  # <s> ... </s> <pad>...
+    mask = (torch.arange(7) < torch.tensor([[5], [3]])).long()
+    enc = student.encode_texts(ids, mask)
+    hidden = student.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(enc.pooled, hidden[[0, 1], [4, 2]])

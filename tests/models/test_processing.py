@@ -3,9 +3,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    CLIPProcessor,
+    ViltImageProcessorPil,
+    ViltProcessor,
+)
 
 from vldistill.data.examples import TaskExample
 from vldistill.errors import ConfigError
@@ -71,12 +80,12 @@ def test_mixed_batch_is_rejected(processor: Processor, task_batches) -> None:
 
 
 def test_fingerprint_stable_and_sensitive(processor: Processor, minilm_path: Path) -> None:
-    again = Processor.from_pretrained(minilm_path, image_size=32)
+    again = Processor.for_text_model(minilm_path, image_size=32)
     before = again.fingerprint()
     again.tokenize(["calls change the backend's truncation state"])
     assert again.fingerprint() == before == processor.fingerprint()
-    assert Processor.from_pretrained(minilm_path, image_size=64).fingerprint() != before
-    assert Processor.from_pretrained(minilm_path, image_size=32, max_length=20).fingerprint() != before
+    assert Processor.for_text_model(minilm_path, image_size=64).fingerprint() != before
+    assert Processor.for_text_model(minilm_path, image_size=32, max_length=20).fingerprint() != before
 
 
 def test_from_pretrained_reads_image_config(processor: Processor, tmp_path: Path) -> None:
@@ -96,9 +105,58 @@ def test_from_pretrained_reads_image_config(processor: Processor, tmp_path: Path
     assert loaded.fingerprint() != processor.fingerprint()
 
 
-def test_from_pretrained_without_image_config_uses_vilt_defaults(minilm_path: Path) -> None:
-    loaded = Processor.from_pretrained(minilm_path)
-    assert (loaded.image_size, loaded.image_mean, loaded.max_length) == ((224, 224), (0.5, 0.5, 0.5), 40)
+def test_reads_a_vilt_processor_saved_by_transformers_5(processor: Processor, tmp_path: Path) -> None:
+    """transformers 5 writes processor_config.json, the image processor nested: its exact values are read."""
+    image = ViltImageProcessorPil(size={"shortest_edge": 96}, image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6])
+    ViltProcessor(image_processor=image, tokenizer=processor.tokenizer).save_pretrained(tmp_path)
+    assert (tmp_path / "processor_config.json").is_file() and not (tmp_path / "preprocessor_config.json").exists()
+    loaded = Processor.from_pretrained(tmp_path)
+    assert (loaded.image_size, loaded.image_mean, loaded.image_std) == ((96, 96), (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+
+
+def test_reads_a_clip_processor_saved_by_transformers_5(processor: Processor, tmp_path: Path) -> None:
+    """CLIP resizes then centre-crops: the crop is the size the model sees."""
+    image = CLIPImageProcessorPil(
+        size={"shortest_edge": 56},
+        crop_size={"height": 48, "width": 40},
+        image_mean=[0.11, 0.22, 0.33],
+        image_std=[0.7, 0.8, 0.9],
+    )
+    CLIPProcessor(image_processor=image, tokenizer=processor.tokenizer).save_pretrained(tmp_path)
+    loaded = Processor.from_pretrained(tmp_path)
+    assert (loaded.image_size, loaded.image_mean, loaded.image_std) == ((48, 40), (0.11, 0.22, 0.33), (0.7, 0.8, 0.9))
+
+
+def test_settings_left_to_the_image_processor_class_take_its_defaults(processor: Processor, tmp_path: Path) -> None:
+    processor.tokenizer.save_pretrained(tmp_path)
+    config = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 64}}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    loaded = Processor.from_pretrained(tmp_path)
+    # CLIPImageProcessor's defaults: centre crop to 224 x 224, OpenAI's mean and std.
+    assert loaded.image_size == (224, 224)
+    assert loaded.image_mean == (0.48145466, 0.4578275, 0.40821073)
+    assert loaded.image_std == (0.26862954, 0.26130258, 0.27577711)
+
+
+def test_no_image_settings_is_an_error_naming_the_folder(minilm_path: Path) -> None:
+    """A text checkpoint has no image settings: no silent 224 px and 0.5 mean/std."""
+    with pytest.raises(ConfigError, match=f"{minilm_path}: no image settings .*processor_config.json"):
+        Processor.from_pretrained(minilm_path)
+    text_only = Processor.for_text_model(minilm_path, image_size=16)
+    assert (text_only.image_size, text_only.image_mean, text_only.image_std) == ((16, 16), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_saved_processor_round_trips_and_transformers_reads_it(processor: Processor, tmp_path: Path) -> None:
+    """vldistill's own save: read back exactly, and transformers' AutoImageProcessor makes the same pixels."""
+    mine = Processor(processor.tokenizer, (32, 48), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), max_length=12)
+    mine.save_pretrained(tmp_path)
+    again = Processor.from_pretrained(tmp_path, max_length=12)
+    assert again.fingerprint() == mine.fingerprint()
+    assert AutoTokenizer.from_pretrained(tmp_path).model_max_length == 12
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    theirs = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")(image, return_tensors="pt")["pixel_values"]
+    assert theirs.shape == (1, 3, 32, 48)
+    assert torch.equal(theirs, mine.images_to_tensor([image]))
 
 
 def test_unloadable_tokenizer_is_a_config_error(tmp_path: Path) -> None:

@@ -11,7 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPModel, CLIPTokenizerFast
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from tokenizers.processors import TemplateProcessing
+from transformers import CLIPModel, CLIPTokenizerFast, PreTrainedTokenizerFast
 
 from vldistill.data.examples import TaskExample
 from vldistill.models.processing import Processor
@@ -208,3 +212,36 @@ def test_trained_model_reloads_with_another_fingerprint(teacher: CLIPTeacher, tm
     assert trained.fingerprint() != teacher.fingerprint()
     assert trained.processor.fingerprint() == teacher.processor.fingerprint()
     assert not torch.equal(trained.model.text_projection.weight, teacher.model.text_projection.weight)
+
+
+def roberta_style_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer numbered as RoBERTa's (<s> 0, <pad> 1, </s> 2): "there" has the highest id."""
+    words = ["the", "dog", "is", "a", "on", "mat", "there"]
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{w: 4 + i for i, w in enumerate(words)}}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    backend.post_processor = TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", sep_token="</s>", pad_token="<pad>"
+    )
+
+
+def test_text_pools_at_the_end_token_whatever_its_id() -> None:
+    """eos_token_id 2 sends transformers' CLIP to its legacy path (pool at the highest id: "there")."""
+    tokenizer = roberta_style_tokenizer()
+    config = small_clip_config(tokenizer)
+    assert config.text_config.eos_token_id == 2
+    torch.manual_seed(0)
+    teacher = CLIPTeacher.from_config(config, Processor(tokenizer, 32, (0.5,) * 3, (0.5,) * 3))
+    texts = ["there is a dog on the mat", "a dog"]
+    examples = [TaskExample(str(i), "snli_ve", (Path("x.png"),), (t,), label=0) for i, t in enumerate(texts)]
+    image = Image.new("RGB", (32, 32), (10, 200, 30))
+    inputs = teacher.processor(examples, [[image], [image]])
+    assert inputs.input_ids.tolist() == [[0, 10, 6, 7, 5, 8, 4, 9, 2], [0, 7, 5, 2, 1, 1, 1, 1, 1]]
+    out = teacher(inputs)
+    end = out.text_tokens[[0, 1], [8, 3]]  # the </s> of each text
+    expected = F.normalize(teacher.model.text_projection(end), dim=-1)
+    torch.testing.assert_close(out.text_embeds, expected)
+    plain = teacher.model.text_model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+    torch.testing.assert_close(plain.pooler_output[0], out.text_tokens[0, 1])  # the trap: at "there"
+    assert not torch.allclose(plain.pooler_output[0], end[0])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import ViltConfig, ViltForQuestionAnswering
 
 from vldistill.data.examples import TaskExample
@@ -141,3 +142,17 @@ def test_loads_a_student_saved_by_a_vldistill_run(tmp_path: Path) -> None:
     torch.testing.assert_close(teacher(inputs).logits, student(inputs).logits)
     with pytest.raises(ConfigError, match="not a fusion student of nlvr2"):
         FusionTeacher.from_pretrained(tmp_path / "student", task="nlvr2")
+
+
+def test_refuses_a_checkpoint_whose_head_weights_are_missing(tmp_path: Path) -> None:
+    """A student may get a new head; a teacher may not (it would teach noise)."""
+    tiny_teacher("vqa").save_pretrained(tmp_path / "vqa")
+    weights = load_file(tmp_path / "vqa" / "model.safetensors")
+    del weights["classifier.3.weight"]
+    save_file(weights, tmp_path / "vqa" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError) as err:
+        FusionTeacher.from_pretrained(tmp_path / "vqa", task="vqa")
+    assert str(err.value) == (
+        f"fusion teacher '{tmp_path / 'vqa'}' lacks 1 weights (classifier.3.weight), which would start random; "
+        "fix: give a ViLT checkpoint fine-tuned on vqa, with all its weights"
+    )

@@ -80,7 +80,7 @@ def eval_command(
 
     cfg = resolve_config(config, preset, set_)
     data = load_data(cfg.data)
-    model = load_student(student)
+    model = load_student(student, task=data.task, max_text_len=cfg.student.max_text_len)
     processor = Processor.from_pretrained(student, max_length=cfg.student.max_text_len)
     # A VQA student answers from its own vocabulary (id2label), whatever this data's training split holds.
     answers = [model.config.id2label[i] for i in range(model.config.num_labels)] if data.task == "vqa" else None

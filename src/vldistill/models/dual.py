@@ -35,7 +35,9 @@ from vldistill.data.examples import view_index
 from vldistill.errors import ConfigError
 from vldistill.models.fusion import task_config_kwargs
 from vldistill.models.heads import build_head, head_logits
+from vldistill.models.loading import check_loaded_weights, checkpoint_model_type
 from vldistill.models.outputs import CrossModalAttention, ModelInputs, StudentOutput
+from vldistill.models.pooling import end_token_pool
 
 
 @strict
@@ -85,6 +87,9 @@ class TowerEncoding:
             None if self.key is None else self.key[rows],
             self.grid,
         )
+
+
+_TOWER_FIX = "give a checkpoint of a ViT, CLIP or BERT-family encoder with all its weights"
 
 
 def _last_layer(model: PreTrainedModel) -> nn.Module:
@@ -145,18 +150,29 @@ def _masked_attention(query: torch.Tensor, key: torch.Tensor, key_mask: torch.Te
     return scores.softmax(-1) * key_mask[:, None, None, :]
 
 
-def load_tower(name_or_path: str | Path, modality: str) -> PreTrainedModel:
+def load_tower(name_or_path: str | Path, modality: str, key: str) -> PreTrainedModel:
     """A pretrained tower (hub id or directory) with eager attention.
 
-    ``modality`` is "image" or "text"; a full CLIP checkpoint gives its vision or its text tower.
+    ``modality`` is "image" or "text"; a full CLIP checkpoint gives its vision or its text tower. Every
+    weight must come from the checkpoint except a pooler (``pooler.*``: RoBERTa and many ViT checkpoints
+    ship none; it feeds the new fusion MLP and is trained with it).
+
+    Raises:
+        ConfigError: no readable config, or weights missing (the message names ``key``).
     """
-    config = AutoConfig.from_pretrained(str(name_or_path))
-    clip = config.model_type.startswith("clip")
+    name = str(name_or_path)
+    model_type = checkpoint_model_type(name, key) or ""
+    clip = model_type.startswith("clip")
     if modality == "image":
         cls = CLIPVisionModel if clip else AutoModel
     else:
         cls = CLIPTextModel if clip else AutoModel
-    return cls.from_pretrained(str(name_or_path), attn_implementation="eager")
+    try:
+        model, info = cls.from_pretrained(name, attn_implementation="eager", output_loading_info=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key} '{name}': cannot load it as a {modality} tower ({err}); fix: {_TOWER_FIX}") from err
+    check_loaded_weights(info, name, key, new_ok=("pooler.",), fix=_TOWER_FIX)
+    return model
 
 
 def tower_from_config(config: PreTrainedConfig) -> PreTrainedModel:
@@ -172,6 +188,15 @@ class DualEncoderStudent(PreTrainedModel):
 
     The common size ``D`` is the text tower's hidden size; image features are projected to it
     when the image tower's differs.
+
+    Not a transformers class, but a ``PreTrainedModel``: a student that vldistill saved loads with this
+    class's own ``from_pretrained``, and its inputs come from vldistill's processor saved beside it::
+
+        from vldistill.models.dual import DualEncoderStudent
+        from vldistill.models.processing import Processor
+        model = DualEncoderStudent.from_pretrained("run/final").eval()
+        processor = Processor.from_pretrained("run/final")
+        logits = model(processor(examples, images)).logits  # examples: vldistill TaskExample records
     """
 
     config_class = DualEncoderConfig
@@ -242,7 +267,10 @@ class DualEncoderStudent(PreTrainedModel):
             output_hidden_states=with_query_key,
             return_dict=True,
         )
-        pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
+        if isinstance(self.text_model, CLIPTextModel):  # at the end token whatever its id: see end_token_pool
+            pooled = end_token_pool(out.last_hidden_state, attention_mask)
+        else:
+            pooled = out.pooler_output if out.pooler_output is not None else out.last_hidden_state[:, 0]
         query = key = None
         if with_query_key:
             query, key = _query_key(self.text_model, out.hidden_states[-2])

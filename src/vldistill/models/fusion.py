@@ -33,6 +33,7 @@ from vldistill.data.examples import TASK_KINDS, view_index
 from vldistill.data.records import VE_LABELS
 from vldistill.errors import ConfigError
 from vldistill.models.heads import head_logits
+from vldistill.models.loading import check_loaded_weights, checkpoint_model_type
 from vldistill.models.outputs import CrossModalAttention, ModelInputs, StudentOutput
 
 _EPS = 1e-12
@@ -143,15 +144,47 @@ class FusionStudent(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, task: str, num_labels: int, answers: list[str] | None = None
+        cls,
+        name_or_path: str | Path,
+        task: str,
+        num_labels: int,
+        answers: list[str] | None = None,
+        *,
+        key: str = "student.pretrained",
+        new_head_ok: bool = True,
     ) -> FusionStudent:
-        """Load a ViLT checkpoint (hub id or directory); heads it lacks are initialised anew."""
-        model = _hf_class(task).from_pretrained(
-            str(name_or_path),
-            attn_implementation="eager",
-            ignore_mismatched_sizes=True,
-            **task_config_kwargs(task, num_labels, answers),
+        """Load a ViLT checkpoint (hub id or directory) with ``task``'s head.
+
+        A head the checkpoint lacks, or holds for another label set, starts anew when ``new_head_ok``
+        (fine-tuning a pre-trained ViLT); every other weight must come from the checkpoint.
+
+        Raises:
+            ConfigError: not a ViLT checkpoint, or backbone weights missing (the message names ``key``).
+        """
+        name = str(name_or_path)
+        model_type = checkpoint_model_type(name, key)
+        if model_type != "vilt":
+            raise ConfigError(
+                f"{key} '{name}' is a {model_type} checkpoint, not ViLT (model_type 'vilt'); fix: give a ViLT "
+                "checkpoint (e.g. dandelin/vilt-b32-mlm) or a fusion student saved by vldistill"
+            )
+        try:
+            model, info = _hf_class(task).from_pretrained(
+                name,
+                attn_implementation="eager",
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+                **task_config_kwargs(task, num_labels, answers),
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{key} '{name}': cannot load it ({err}); fix: give a complete ViLT folder") from err
+        head = ("rank_output." if task == "vcr" else "classifier.",) if new_head_ok else ()
+        fix = (
+            f"give a ViLT checkpoint with all its weights (only the {task} head may be new)"
+            if new_head_ok
+            else f"give a ViLT checkpoint fine-tuned on {task}, with all its weights"
         )
+        check_loaded_weights(info, name, key, new_ok=head, fix=fix)
         if task == "nlvr2":
             _add_second_image_type(model)
         return cls(model, task)

@@ -15,18 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
-from transformers.utils import cached_file
+from transformers.image_processing_base import ImageProcessingMixin
 
 from vldistill.data.examples import TaskExample
 from vldistill.errors import ConfigError
 from vldistill.models.outputs import ModelInputs
 
-# ViLT's and ViT's normalisation (IMAGENET_STANDARD): used when a checkpoint ships no image config.
+# ViLT's and ViT's normalisation (IMAGENET_STANDARD): for random models and text-only checkpoints,
+# never in place of a checkpoint's own settings.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
-DEFAULT_IMAGE_SIZE = 224
 _WORD = re.compile(r"\S+")
 
 
@@ -52,33 +53,92 @@ def word_index_from_offsets(text: str, offsets: Sequence[tuple[int, int]]) -> li
 
 
 def _image_config(name_or_path: str | Path) -> dict:
-    """The checkpoint's ``preprocessor_config.json`` as a dict, ``{}`` when it has none."""
+    """The checkpoint's image-processor settings as a dict, ``{}`` when it has none.
+
+    Read by transformers' own reader, so both layouts work: transformers 5's ``processor_config.json``
+    (what ``Processor.save_pretrained`` writes, the image processor nested under ``image_processor``)
+    and the older ``preprocessor_config.json``; the nested one wins when both exist, as in transformers.
+    """
     try:
-        path = cached_file(
-            str(name_or_path),
-            "preprocessor_config.json",
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
+        config, _ = ImageProcessingMixin.get_image_processor_dict(str(name_or_path))
     except OSError:
         return {}
-    if path is None:
-        return {}
-    return json.loads(Path(path).read_text())
+    return config
+
+
+def _class_default(config: dict, name: str) -> object:
+    """A setting the config leaves to its image-processor class (``image_processor_type``)'s default."""
+    kind = config.get("image_processor_type") or ""
+    for class_name in (kind + "Pil", kind):
+        cls = getattr(transformers, class_name, None) if kind else None
+        if cls is not None and getattr(cls, name, None) is not None:
+            return getattr(cls, name)
+    return None
 
 
 def _size_from_config(config: dict) -> int | tuple[int, int] | None:
     """Final image size of an HF image-processor config (the crop when it centre-crops)."""
-    size = config.get("crop_size") if config.get("do_center_crop") else None
-    size = size if size is not None else config.get("size")
+    do_crop = config.get("do_center_crop", _class_default(config, "do_center_crop"))
+    size = config.get("crop_size", _class_default(config, "crop_size")) if do_crop else None
+    size = size if size is not None else config.get("size", _class_default(config, "size"))
     if isinstance(size, int):
         return size
     if isinstance(size, dict):
-        if "height" in size and "width" in size:
+        if size.get("height") and size.get("width"):
             return (int(size["height"]), int(size["width"]))
-        if "shortest_edge" in size:
+        if size.get("shortest_edge"):
             return int(size["shortest_edge"])
     return None
+
+
+def image_settings(name_or_path: str | Path, what: str) -> tuple[int | tuple[int, int], tuple, tuple]:
+    """``(size, mean, std)`` that the checkpoint's image processor uses (see ``_image_config``).
+
+    A config that turns normalisation off gives mean 0 and std 1. Settings the config leaves out come
+    from its ``image_processor_type`` class's defaults, as transformers would fill them in.
+
+    Args:
+        what: how to name the checkpoint in errors, e.g. ``"student.pretrained '/models/vilt'"``.
+
+    Raises:
+        ConfigError: no image settings in either file, or no size / mean / std in them.
+    """
+    config = _image_config(name_or_path)
+    if not config:
+        raise ConfigError(
+            f"{what}: no image settings (neither processor_config.json nor preprocessor_config.json); fix: save "
+            "the model's processor into that folder (e.g. ViltProcessor.save_pretrained(folder))"
+        )
+    size = _size_from_config(config)
+    if config.get("do_normalize", True) is False:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    else:
+        mean = config.get("image_mean", _class_default(config, "image_mean"))
+        std = config.get("image_std", _class_default(config, "image_std"))
+    if size is None or mean is None or std is None:
+        raise ConfigError(
+            f"{what}: its image processor config gives no {'size' if size is None else 'image_mean/image_std'}; "
+            "fix: add it there (size {height, width} or {shortest_edge}, image_mean, image_std)"
+        )
+    return size, tuple(mean), tuple(std)
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """The fast tokenizer of a checkpoint; ``ConfigError`` when there is none or it has no vocabulary."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"cannot load a tokenizer from {name_or_path!r} ({err}); fix: give a local directory "
+            "or a hub id available offline"
+        ) from err
+    # A directory or offline hub id without vocabulary files yields a tokenizer of special tokens only.
+    if tokenizer.vocab_size <= len(set(tokenizer.all_special_tokens)):
+        raise ConfigError(
+            f"the tokenizer of {name_or_path!r} has an empty vocabulary (a hub id not available "
+            "offline?); fix: give a local directory with the tokenizer files"
+        )
+    return tokenizer
 
 
 class Processor:
@@ -121,33 +181,34 @@ class Processor:
         image_size: int | tuple[int, int] | None = None,
         max_length: int = 40,
     ) -> Processor:
-        """Tokenizer and image settings of a checkpoint (hub id or directory).
+        """Tokenizer and image settings of a checkpoint that sees images (hub id or directory).
 
-        Image mean/std/size come from its ``preprocessor_config.json`` when present (``image_size``
-        overrides the size), else ViLT's defaults (0.5 mean and std, 224 px).
+        Size, mean and std come from its image-processor config (``processor_config.json`` or
+        ``preprocessor_config.json``; see :func:`image_settings`); ``image_size`` overrides the size.
+
+        Raises:
+            ConfigError: no usable tokenizer, or no image settings (never a silent default).
         """
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-        except (OSError, ValueError) as err:
-            raise ConfigError(
-                f"cannot load a tokenizer from {name_or_path!r} ({err}); fix: give a local directory "
-                "or a hub id available offline"
-            ) from err
-        # A directory or offline hub id without vocabulary files yields a tokenizer of special tokens only.
-        if tokenizer.vocab_size <= len(set(tokenizer.all_special_tokens)):
-            raise ConfigError(
-                f"the tokenizer of {name_or_path!r} has an empty vocabulary (a hub id not available "
-                "offline?); fix: give a local directory with the tokenizer files"
-            )
-        config = _image_config(name_or_path)
-        size = image_size or _size_from_config(config) or DEFAULT_IMAGE_SIZE
-        return cls(
-            tokenizer,
-            size,
-            config.get("image_mean", DEFAULT_MEAN),
-            config.get("image_std", DEFAULT_STD),
-            max_length=max_length,
-        )
+        tokenizer = load_tokenizer(name_or_path)
+        size, mean, std = image_settings(name_or_path, f"{name_or_path}")
+        return cls(tokenizer, image_size or size, mean, std, max_length=max_length)
+
+    @classmethod
+    def for_text_model(
+        cls,
+        name_or_path: str | Path,
+        *,
+        image_size: int | tuple[int, int],
+        image_mean: Sequence[float] = DEFAULT_MEAN,
+        image_std: Sequence[float] = DEFAULT_STD,
+        max_length: int = 40,
+    ) -> Processor:
+        """The tokenizer of a text checkpoint (no image side) with image settings given by the caller.
+
+        For text teachers (they ignore pixels), tiny random students, and dual students whose image
+        tower is another checkpoint or random.
+        """
+        return cls(load_tokenizer(name_or_path), image_size, image_mean, image_std, max_length=max_length)
 
     def images_to_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``(N, 3, height, width)`` float: bicubic resize, scale to [0, 1], normalise."""
@@ -199,17 +260,30 @@ class Processor:
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the tokenizer and ``preprocessor_config.json`` so ``from_pretrained(directory)`` rebuilds this.
 
-        The image settings are a fixed ``height x width`` resize with no centre crop, exactly what
-        ``__call__`` does.
+        The image settings are written as a ``ViTImageProcessor`` config (a fixed ``height x width``
+        bicubic resize, no crop, scale by 1/255, normalise): exactly what ``__call__`` does, and what
+        transformers' ``AutoImageProcessor`` and model processors (``ViltProcessor``, ``CLIPProcessor``)
+        load from the folder. transformers' PIL backend gives the same pixels bit for bit. The
+        tokenizer's ``model_max_length`` is set to ``max_length``, so ``truncation=True`` cuts texts
+        where this processor does.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
+        tokenizer_config = directory / "tokenizer_config.json"
+        if tokenizer_config.is_file():
+            settings = json.loads(tokenizer_config.read_text())
+            settings["model_max_length"] = self.max_length
+            tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
         height, width = self.image_size
         config = {
+            "image_processor_type": "ViTImageProcessor",
             "do_resize": True,
             "size": {"height": height, "width": width},
+            "resample": int(Image.Resampling.BICUBIC),
             "do_center_crop": False,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
             "do_normalize": True,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),

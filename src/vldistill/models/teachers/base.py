@@ -20,6 +20,7 @@ from torch import nn
 
 from vldistill.data.examples import TaskExample
 from vldistill.errors import ConfigError
+from vldistill.models.loading import check_loaded_weights
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -84,12 +85,9 @@ def load_checkpoint(
         raise ConfigError(
             f"{what} {name!r}: cannot load it ({err}); fix: give a local model directory or a hub id available offline"
         ) from err
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
-        raise ConfigError(
-            f"{what} {name!r} lacks {len(missing)} weights ({', '.join(missing[:3])}, ...); fix: give a "
-            "checkpoint of this architecture with all its weights"
-        )
+    check_loaded_weights(
+        info, name, what, fix="give a checkpoint of this architecture with all its weights (a teacher is never trained)"
+    )
     return model
 
 

@@ -25,6 +25,7 @@ from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
 from vldistill.data.examples import TaskExample
 from vldistill.models.outputs import ModelInputs, UnimodalTeacherOutput
+from vldistill.models.pooling import end_token_pool
 from vldistill.models.processing import Processor
 from vldistill.models.teachers.base import Teacher, config_description, load_checkpoint, save_processor
 
@@ -78,8 +79,9 @@ def small_clip_config(
 ) -> CLIPConfig:
     """A small CLIP whose text tower fits ``tokenizer`` (a CLIP BPE or, e.g., the MiniLM WordPiece).
 
-    CLIP pools the text at the first end-of-text token, so ``eos_token_id`` is set to the
-    tokenizer's own end token ([SEP] for BERT-style tokenizers, ``<|endoftext|>`` for CLIP's).
+    ``eos_token_id`` is set to the tokenizer's own end token ([SEP] for BERT-style tokenizers,
+    ``<|endoftext|>`` for CLIP's, ``</s>`` for RoBERTa's), where plain transformers pools the text; the
+    teacher itself pools at the end token whatever its id (``end_token_pool``).
     """
     eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
@@ -178,7 +180,8 @@ class CLIPTeacher(Teacher):
     def _text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-layer tokens ``(N, L, D)`` and unit-norm projected embeddings ``(N, E)``."""
         out = self.model.text_model(input_ids=ids, attention_mask=mask)
-        embeds = F.normalize(self.model.text_projection(out.pooler_output), dim=-1)
+        # At the end token whatever its id (not ``pooler_output``: see ``end_token_pool``).
+        embeds = F.normalize(self.model.text_projection(end_token_pool(out.last_hidden_state, mask)), dim=-1)
         return out.last_hidden_state, embeds
 
     def _image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:

@@ -20,6 +20,7 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerBase, Vil
 
 from vldistill.data.examples import TASK_KINDS
 from vldistill.errors import ConfigError
+from vldistill.models.loading import resolve_pretrained
 from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor
 from vldistill.models.teachers.base import Teacher
 from vldistill.models.teachers.clip import CLIPTeacher, small_clip_config
@@ -75,9 +76,10 @@ class TeacherConfig(BaseModel):
         return self
 
 
-def _tokenizer(name: str) -> PreTrainedTokenizerBase:
+def _tokenizer(name: str, key: str) -> PreTrainedTokenizerBase:
     if name == MINILM:
         return minilm_tokenizer()
+    name = resolve_pretrained(name, key)
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
@@ -86,11 +88,11 @@ def _tokenizer(name: str) -> PreTrainedTokenizerBase:
         ) from err
 
 
-def _tiny_teacher(cfg: TeacherConfig, task: str | None) -> Teacher:
+def _tiny_teacher(cfg: TeacherConfig, task: str | None, key: str) -> Teacher:
     tiny = cfg.tiny
     assert tiny is not None
     size = cfg.image_size or 32
-    tokenizer = _tokenizer(tiny.tokenizer)
+    tokenizer = _tokenizer(tiny.tokenizer, f"{key}.tiny.tokenizer")
     processor = Processor(tokenizer, size, DEFAULT_MEAN, DEFAULT_STD, max_length=cfg.max_length)
     bert_like = dict(
         hidden_size=tiny.hidden_size,
@@ -138,16 +140,25 @@ def _fusion_task(task: str | None) -> str:
     return task
 
 
-def build_teacher(cfg: TeacherConfig, *, task: str | None = None) -> Teacher:
-    """The frozen teacher ``cfg`` describes; ``task`` (the data's) picks a fusion teacher's head."""
+def build_teacher(cfg: TeacherConfig, *, task: str | None = None, key: str = "teacher") -> Teacher:
+    """The frozen teacher ``cfg`` describes; ``task`` (the data's) picks a fusion teacher's head.
+
+    ``key`` is where ``cfg`` sits in the config (e.g. ``method.teachers.clip``): errors about
+    ``pretrained`` name ``<key>.pretrained`` (``<key>.tiny.tokenizer`` for a tiny teacher's tokenizer).
+
+    Raises:
+        ConfigError: a ``pretrained`` folder or hub id that cannot be found or reached (fast, one line:
+            ``resolve_pretrained``), or a checkpoint that does not fit the kind.
+    """
     if cfg.tiny is not None:
-        return _tiny_teacher(cfg, task)
+        return _tiny_teacher(cfg, task, key)
     assert cfg.pretrained is not None
+    name = cfg.pretrained if cfg.pretrained in _PACKAGED else resolve_pretrained(cfg.pretrained, f"{key}.pretrained")
     kwargs = dict(image_size=cfg.image_size, max_length=cfg.max_length)
     if cfg.kind == "clip":
-        return CLIPTeacher.from_pretrained(cfg.pretrained, **kwargs)
+        return CLIPTeacher.from_pretrained(name, **kwargs)
     if cfg.kind == "vision":
-        return VisionTeacher.from_pretrained(cfg.pretrained, **kwargs)
+        return VisionTeacher.from_pretrained(name, **kwargs)
     if cfg.kind == "text":
-        return TextTeacher.from_pretrained(cfg.pretrained, **kwargs)
-    return FusionTeacher.from_pretrained(cfg.pretrained, task=_fusion_task(task), **kwargs)
+        return TextTeacher.from_pretrained(name, **kwargs)
+    return FusionTeacher.from_pretrained(name, task=_fusion_task(task), **kwargs)

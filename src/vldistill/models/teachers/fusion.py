@@ -103,7 +103,10 @@ class FusionTeacher(Teacher):
                     f"fusion teacher {name!r} has {key}={getattr(config, key)}, the {task} head needs "
                     f"{value}; fix: give a ViLT checkpoint fine-tuned on {task}"
                 )
-        student = FusionStudent.from_pretrained(name, task, config.num_labels, answers)
+        # A teacher's head must be trained: nothing may start anew.
+        student = FusionStudent.from_pretrained(
+            name, task, config.num_labels, answers, key="fusion teacher", new_head_ok=False
+        )
         if meta_file.is_file() and not (Path(name) / "tokenizer_config.json").is_file():
             size = image_size or config.image_size
             processor = Processor(minilm_tokenizer(), size, DEFAULT_MEAN, DEFAULT_STD, max_length=max_length)

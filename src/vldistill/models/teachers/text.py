@@ -69,7 +69,7 @@ class TextTeacher(Teacher):
         name = str(minilm_path()) if str(name_or_path) == MINILM else str(name_or_path)
         encoder = load_checkpoint(AutoModel.from_pretrained, name, "text teacher", without_pooler=True)
         size = image_size or TEXT_TEACHER_IMAGE_SIZE
-        return cls(encoder, Processor.from_pretrained(name, image_size=size, max_length=max_length))
+        return cls(encoder, Processor.for_text_model(name, image_size=size, max_length=max_length))
 
     def save_pretrained(self, directory: str | Path) -> None:
         self.encoder.save_pretrained(directory)

@@ -26,13 +26,7 @@ from transformers import AutoConfig, AutoModel, CLIPVisionModel, PretrainedConfi
 
 from vldistill.errors import ConfigError
 from vldistill.models.outputs import ModelInputs, UnimodalTeacherOutput
-from vldistill.models.processing import (
-    DEFAULT_MEAN,
-    DEFAULT_STD,
-    Processor,
-    _image_config,
-    _size_from_config,
-)
+from vldistill.models.processing import Processor, image_settings, load_tokenizer
 from vldistill.models.teachers.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -109,18 +103,12 @@ class VisionTeacher(Teacher):
         # A full CLIP checkpoint loads as its vision tower; ViT-like poolers are unused (we take [CLS]).
         load = CLIPVisionModel.from_pretrained if config.model_type == "clip" else AutoModel.from_pretrained
         backbone = load_checkpoint(load, name, "vision teacher", without_pooler=True)
+        size, mean, std = image_settings(name, f"vision teacher {name!r}")
         try:
-            processor = Processor.from_pretrained(name, image_size=image_size, max_length=max_length)
+            tokenizer = load_tokenizer(name)
         except ConfigError:  # no tokenizer in a vision checkpoint: texts are unused anyway
-            image = _image_config(name)
-            size = image_size or _size_from_config(image) or getattr(backbone.config, "image_size", 224)
-            processor = Processor(
-                minilm_tokenizer(),
-                size,
-                image.get("image_mean", DEFAULT_MEAN),
-                image.get("image_std", DEFAULT_STD),
-                max_length=max_length,
-            )
+            tokenizer = minilm_tokenizer()
+        processor = Processor(tokenizer, image_size or size, mean, std, max_length=max_length)
         return cls(backbone, processor)
 
     @classmethod
