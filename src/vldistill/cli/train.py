@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +38,8 @@ def run_interruptible(run: Callable[[], Any]) -> Any:
     try:
         return run()
     except Interrupted as stop:
-        print(stop, file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every process of a DDP run stops; one says so
+            print(stop, file=sys.stderr)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
