@@ -43,11 +43,12 @@ from transformers.utils import logging as hf_logging
 from vldistill.cache import open_teacher_cache
 from vldistill.config import ExperimentConfig, parse_config
 from vldistill.data.loader import Batch, ExampleDataset, ImageStore, collate_fn
+from vldistill.engine import optimizer_step
 from vldistill.experiment import Built, DataBundle, build_models, load_data, student_processor
 from vldistill.models.dual import TowerEncoding
 from vldistill.models.heads import task_loss
 from vldistill.models.students import StudentConfig, build_student
-from vldistill.train import DistillModel, batch_to_device, build_optimizer, teacher_targets_for_batch, train_step
+from vldistill.train import DistillModel, batch_to_device, build_optimizer, micro_step, teacher_targets_for_batch
 
 STUDENT = {
     "hidden_size": 128,
@@ -177,7 +178,8 @@ def vldistill_step(
     def step() -> None:
         batch = batch_to_device(next(cycle), device)
         targets = teacher_targets_for_batch(built, batch, cache, device)
-        _, terms = train_step(model, batch, targets, accelerator, optimizer, scheduler, tc)
+        terms = micro_step(model, batch, targets, accelerator)
+        optimizer_step(accelerator, model, optimizer, scheduler, tc.max_grad_norm)
         for v in terms.values():  # the loop's per-term bookkeeping
             float(v.detach())
 

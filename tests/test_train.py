@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from tiny_configs import tiny_tree
 
@@ -62,6 +63,23 @@ def test_smoke_preset_through_the_cli(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epoch"] == 1 and rows[-1]["train_task"] > 0
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["world_scale"] == 0.1  # the --set value
+    assert "Loading weights" not in proc.stderr and "nan" not in proc.stderr
+
+    # `vldistill eval RUN`: no config needed (RUN/config.yaml), the run's final/ student, no loading bars
+    proc = subprocess.run(
+        [sys.executable, "-m", "vldistill", "eval", str(out), "--out", str(tmp_path / "eval")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Loading weights" not in proc.stderr and "%|" not in proc.stderr, proc.stderr
+    scores = json.loads((tmp_path / "eval" / "scores.json").read_text())
+    assert {k: v["vqa_accuracy"] for k, v in scores.items()} == {
+        k: v["vqa_accuracy"] for k, v in summary["eval"].items()
+    }
 
 
 def test_cpu_training_is_deterministic(tmp_path):
@@ -120,6 +138,30 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch,
     assert not (run / "final").exists()
     train(_cfg(), run, resume=True, show_progress=False)
     assert _same(_weights(reference), _weights(run))
+
+
+def test_a_student_with_dropout_resumes_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
+    """The dual student's towers use dropout, so the resumed run must replay the global random stream exactly.
+
+    (Iterating a DataLoader draws a seed for its workers; from the global stream, the resumed run's
+    extra iteration shifted every later dropout mask.)
+    """
+    cfg = parse_config(tiny_tree("snli_ve", student={"kind": "dual"}, train={"epochs": 2, "checkpoint_every": 1}), "t")
+    train(cfg, tmp_path / "reference", show_progress=False)
+    real_save = ckpt.save_checkpoint
+
+    def save(root, step, *args, **kwargs):
+        result = real_save(root, step, *args, **kwargs)
+        if step == 4:  # the first step of epoch 2 (3 steps per epoch)
+            raise _Killed
+        return result
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    with pytest.raises(_Killed):
+        train(cfg, tmp_path / "run", show_progress=False)
+    monkeypatch.undo()
+    train(cfg, tmp_path / "run", resume=True, show_progress=False)
+    assert _same(_weights(tmp_path / "reference"), _weights(tmp_path / "run"))
 
 
 def test_corrupt_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys):
@@ -181,6 +223,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
+        # no per-rank DDP warning (find_unused_parameters is asked for only when some parameter is unused)
+        assert "Warning" not in proc.stderr and "warning" not in proc.stderr, proc.stderr[-3000:]
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert one.keys() == two.keys()
     # the same updates up to the order of float additions in the gradient all-reduce
@@ -191,18 +235,93 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert one_summary["steps"] == two_summary["steps"] == 3
 
 
-def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
-    """batch 4 x 2 accumulated steps takes the same updates as batch 8 (ViLT's dropout is 0 by default)."""
-    # Weights normalised to mean 1 per micro-batch (method.weight_normalize) would differ by design.
-    big_cfg = _cfg(epochs=1, batch_size=8, checkpoint_every=None)
-    acc_cfg = _cfg(epochs=1, batch_size=4, grad_accum=2, checkpoint_every=None)
-    for cfg in (big_cfg, acc_cfg):
-        cfg.method.weight_normalize = False
+def test_gradient_accumulation_matches_the_larger_batch_last_window_included(tmp_path):
+    """88 examples: batch 8 x 2 accumulated takes the updates of batch 16, whose last batch holds 8 examples.
+
+    Each epoch ends with a window of one micro-batch; it must count as a whole step (before the fix it
+    was halved, and the weights ended 2e-4 away). ViLT's dropout is 0 by default, so the two runs differ
+    only by float summation order.
+    """
+    tree = {"data": {"max_train": 88}}
+    train_tree = {"epochs": 2, "checkpoint_every": None, "log_every": 1}
+    big_cfg = parse_config(tiny_tree("snli_ve", train={**train_tree, "batch_size": 16}, **tree), "t")
+    acc_cfg = parse_config(tiny_tree("snli_ve", train={**train_tree, "batch_size": 8, "grad_accum": 2}, **tree), "t")
     big = train(big_cfg, tmp_path / "big", show_progress=False)
     acc = train(acc_cfg, tmp_path / "acc", show_progress=False)
-    assert big["steps"] == acc["steps"] == 3
+    assert big["steps"] == acc["steps"] == 12  # 6 steps per epoch: the schedule is the same
     a, b = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    big_rows, acc_rows = (_step_rows(tmp_path / name) for name in ("big", "acc"))
+    assert [r["lr"] for r in big_rows] == [r["lr"] for r in acc_rows]
+    assert all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(big_rows, acc_rows, strict=True))
+
+
+def _step_rows(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == "step"]
+
+
+def test_lr_loss_and_gradient_norm_are_logged_every_log_every_steps(tmp_path):
+    """Six steps (48 examples / 8), logged at 2, 4, 6 in metrics.jsonl and TensorBoard; epoch rows unchanged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = parse_config(
+        tiny_tree("snli_ve", data={"max_train": 48}, train={"log_every": 2, "warmup_ratio": 0, "max_grad_norm": 1e-3}),
+        "t",
+    )
+    run = tmp_path / "run"
+    train(cfg, run, show_progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("kind") == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6] and rows[-1]["epoch"] == 1 and "kind" not in rows[-1]
+    assert set(rows[-1]) == {"epoch", "step", "train_task", "eval", "seconds"}
+    # linear decay from 1e-3 over 6 steps, no warmup: step k uses 1e-3 * (6 - (k - 1)) / 6
+    assert [r["lr"] for r in steps] == pytest.approx([1e-3 * 5 / 6, 1e-3 * 3 / 6, 1e-3 * 1 / 6])
+    assert all(r["loss"] == r["train_task"] for r in steps)  # method none: the task term is the loss
+    assert all(r["grad_norm"] > 1e-3 for r in steps)  # measured before clipping to max_grad_norm
+    (events,) = (run / "tensorboard").rglob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    for tag, key in (("train/lr", "lr"), ("train/loss", "loss"), ("train/grad_norm", "grad_norm")):
+        logged = [(e.step, e.value) for e in acc.Scalars(tag)]
+        assert logged == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in steps], tag
+
+
+def test_a_run_keeps_its_config_and_a_resume_refuses_changes_that_matter(tmp_path, capsys):
+    from vldistill.errors import ConfigError
+
+    run = tmp_path / "run"
+    train(_cfg(epochs=1), run, show_progress=False)
+    assert parse_config(yaml.safe_load((run / "config.yaml").read_text()), "saved") == _cfg(epochs=1)
+    with pytest.raises(ConfigError, match=r"--resume with a changed config: train\.lr \(0\.001 -> 0\.002\)"):
+        train(_cfg(epochs=1, lr=2e-3), run, resume=True, show_progress=False)
+    with pytest.raises(ConfigError, match=r"holds a run .*fix: add --resume to continue it, --overwrite"):
+        train(_cfg(epochs=1), run, show_progress=False)
+    capsys.readouterr()
+    train(_cfg(epochs=1, log_every=2, eval_batch_size=4), run, resume=True, show_progress=False)
+    said = capsys.readouterr().out
+    assert (
+        "config changed since the checkpoint (allowed): train.eval_batch_size (16 -> 4), train.log_every (1 -> 2)"
+        in said
+    )
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["log_every"] == 2
+
+
+def test_overwrite_replaces_the_old_run_entirely(tmp_path, monkeypatch, capsys):
+    """Through the CLI: refused with exit 2 and one line; --overwrite leaves one run's events and rows."""
+    from reliability.corpus_files import assert_one_line_error, run_cli, write_config
+
+    config = write_config(tmp_path / "c.yaml", tiny_tree("snli_ve", train={"epochs": 1}))
+    run = tmp_path / "run"
+    args = ["train", str(config), "--out", str(run), "--no-progress"]
+    assert run_cli(args, monkeypatch, capsys).code == 0
+    (run / "notes.txt").write_text("mine")
+    assert_one_line_error(run_cli(args, monkeypatch, capsys), (str(run), "already holds a run", "--overwrite"))
+    assert run_cli([*args, "--overwrite", "--set", "train.seed=1"], monkeypatch, capsys).code == 0
+    assert len(list((run / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("kind", "epoch") for r in rows] == ["step", "step", "step", "epoch"]
+    assert (run / "notes.txt").read_text() == "mine"
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
 
 
 def test_two_ranks_build_their_own_cache_shards_and_read_all(tmp_path):

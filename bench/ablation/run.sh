@@ -12,7 +12,7 @@ text='method.teachers={text: {kind: text, pretrained: minilm}}'
 run() {  # name, then overrides
   local name=$1; shift
   for seed in 0 1 2; do
-    acc=$(.venv/bin/vldistill train "$cfg" --out "$out/$name/seed$seed" --set train.seed=$seed "$@" --no-progress \
+    acc=$(.venv/bin/vldistill train "$cfg" --out "$out/$name/seed$seed" --overwrite --set train.seed=$seed "$@" --no-progress \
           | sed -n 's/^eval: accuracy = //p')
     task=$(python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])][-1]; print(round(r['train_task'],3))" \
           "$out/$name/seed$seed/metrics.jsonl")

@@ -16,6 +16,7 @@ from torch import nn
 
 from vldistill.config import DataConfig, ExperimentConfig, cache_dir
 from vldistill.data.examples import TaskExample
+from vldistill.data.loader import examples_with_images
 from vldistill.data.readers import read_task, read_task_report
 from vldistill.data.records import Record
 from vldistill.data.subsets import apply_manifest, low_shot, write_manifest
@@ -46,12 +47,12 @@ def resolve_root(root: str, style: str, task: str, scale: float) -> Path:
     return path
 
 
-def _read(task: str, root: Path, split: str, skip_bad: bool) -> list[Record]:
-    """A split's records; with ``skip_bad`` defective records are skipped and listed on stderr."""
+def _read(task: str, root: Path, split: str, skip_bad: bool, verbose: bool = True) -> list[Record]:
+    """A split's records; with ``skip_bad`` defective records are skipped and listed on stderr (``verbose``)."""
     if not skip_bad:
         return read_task(task, root, split)
     records, skipped = read_task_report(task, root, split)
-    if skipped:
+    if skipped and verbose:
         print(f"warning: skipped {len(skipped)} bad record(s) of {task} {split} at {root}:", file=sys.stderr)
         for line in skipped.lines():
             print(f"  {line}", file=sys.stderr)
@@ -105,11 +106,17 @@ def _files_digest(root: Path, split: str) -> str:
     return h.hexdigest()
 
 
-def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
-    """Read the splits, build examples, draw the low-shot subset and save its manifest in ``out_dir``."""
+def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = True) -> DataBundle:
+    """Read the splits, build examples, draw the low-shot subset and save its manifest in ``out_dir``.
+
+    Examples whose images are missing (or, with ``skip_bad``, unreadable) are dropped here, before
+    training and evaluation (:func:`~vldistill.data.loader.examples_with_images`); without
+    ``skip_bad`` a missing image is a ``DataError``. ``verbose``: report skipped records and images
+    on stderr (one process of several says it once).
+    """
     train_split, eval_split = cfg.splits()
     root = resolve_root(cfg.root, cfg.style, cfg.task, cfg.world_scale)
-    train_records = _read(cfg.task, root, train_split, cfg.skip_bad)
+    train_records = _read(cfg.task, root, train_split, cfg.skip_bad, verbose)
     builder = ExampleBuilder(cfg.task, train_records, min_answer_count=cfg.min_answer_count)
     train = builder(train_records)
     if cfg.max_train:  # a cap on the training set itself: low-shot fractions are fractions of it
@@ -118,6 +125,7 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
         train = apply_manifest(Path(cfg.manifest), train)
     elif cfg.fraction is not None or cfg.per_group is not None:
         train = low_shot(train, fraction=cfg.fraction, per_group=cfg.per_group, seed=cfg.subset_seed)
+    train = examples_with_images(train, skip_bad=cfg.skip_bad, where=f"{cfg.task} {train_split}", report=verbose)
     if out_dir is not None:
         write_manifest(
             out_dir / "subset.json",
@@ -136,10 +144,13 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None) -> DataBundle:
     if cfg.shift_root:
         roots["shifted"] = resolve_root(cfg.shift_root, cfg.style, cfg.task, cfg.world_scale)
     for name, r in roots.items():
-        records = _read(cfg.task, r, eval_split, cfg.skip_bad)
+        records = _read(cfg.task, r, eval_split, cfg.skip_bad, verbose)
         examples = builder(records)
         if cfg.max_eval:
             examples = _first_records(examples, cfg.max_eval)
+        examples = examples_with_images(
+            examples, skip_bad=cfg.skip_bad, where=f"{cfg.task} {eval_split} ({name})", report=verbose
+        )
         evals[name] = EvalSet(name, examples, {_record_id(rec): rec for rec in records})
         sources.append(f"{r}:{eval_split}")
     # The split's files, not the subset: one teacher cache serves every subset of a split.

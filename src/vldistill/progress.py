@@ -1,4 +1,7 @@
-"""Rich progress bars for training: loss, steps per second, time left."""
+"""Rich progress bars for training: loss, steps per second, time left.
+
+Before the first step there is no loss to show, so the loss column starts empty (not ``loss nan``).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +14,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class TrainProgress:
     """A progress bar over optimizer steps that shows the running loss; silent when disabled."""
 
-    def __init__(self, *, enabled: bool, total: int, completed: int = 0) -> None:
+    def __init__(
+        self, *, enabled: bool, total: int, completed: int = 0, epoch: int = 0, console: Console | None = None
+    ) -> None:
+        """``completed`` steps and ``epoch`` epochs are done (a resumed run); ``console``: stderr by default."""
         self.enabled = enabled
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self._progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[loss]}"),
             TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=self.console,
@@ -26,7 +32,7 @@ class TrainProgress:
             transient=False,
         )
         self._task = self._progress.add_task(
-            "train", total=total, completed=completed, epoch=0, loss=float("nan"), rate=""
+            "train", total=total, completed=completed, epoch=epoch + 1, loss="", rate=""
         )
         self._ema: float | None = None
 
@@ -41,7 +47,11 @@ class TrainProgress:
         self._ema = loss if self._ema is None else 0.9 * self._ema + 0.1 * loss
         speed = self._progress.tasks[0].speed
         self._progress.update(
-            self._task, advance=1, loss=self._ema, epoch=epoch + 1, rate=f"{speed:.2f} steps/s" if speed else ""
+            self._task,
+            advance=1,
+            loss=f"loss {self._ema:.4f}",
+            epoch=epoch + 1,
+            rate=f"{speed:.2f} steps/s" if speed else "",
         )
 
     def note(self, message: str) -> None:

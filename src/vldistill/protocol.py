@@ -223,6 +223,7 @@ def run_protocol(spec: ProtocolConfig, out: Path, *, show_progress: bool = False
         cfg = experiment(spec, task, cond, label, seed, out)
         where = run_dir(out, task, cond.name, label, seed)
         console.print(f"[{i}/{len(cells)}] {task} {cond.name} {label} seed {seed}")
-        summary = train(cfg, where, resume=(where / "checkpoints").is_dir(), show_progress=show_progress)
+        # resume: an unfinished cell continues from its checkpoint (a cell without one starts afresh)
+        summary = train(cfg, where, resume=True, show_progress=show_progress)
         _append(results, rows_of(summary, task, cond, label, seed))
     return results

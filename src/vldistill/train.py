@@ -3,61 +3,67 @@
 ``train(cfg, out_dir)`` is what ``vldistill train`` and the protocol call. The same code runs on one
 CPU, one GPU, or many processes under ``accelerate launch`` / ``torchrun`` (DDP; FSDP or DeepSpeed
 through accelerate's own config). The global batch is ``train.batch_size`` whatever the number of
-processes (accelerate splits each batch), so a run matches itself across process counts.
+processes (accelerate splits each batch), so a run matches itself across process counts; with
+``train.grad_accum`` a step takes the update of a batch ``grad_accum`` times larger, the epoch's
+last, shorter window included (:class:`~vldistill.engine.AccumulationPlan`).
+
+The run folder (``config.yaml``, checkpoints, ``metrics.jsonl``, TensorBoard, the rules for reusing
+a folder, Ctrl-C and SIGTERM) is :mod:`vldistill.run_folder`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
-from transformers.utils import logging as hf_logging
 
-from vldistill import checkpoint as ckpt
 from vldistill.cache import open_teacher_cache
 from vldistill.config import ExperimentConfig
 from vldistill.data.loader import Batch, ExampleDataset, ImageStore, collate_fn
-from vldistill.errors import VldistillError
+from vldistill.engine import (
+    AccumulationPlan,
+    EpochSampler,
+    NumericsError,
+    backward,
+    build_optimizer,
+    declare_unused_parameters,
+    finite_loss,
+    make_accelerator,
+    optimizer_step,
+    quiet_libraries,
+)
 from vldistill.evaluate import PRIMARY_METRIC, predict, score
 from vldistill.experiment import Built, DataBundle, build_models, load_data
+from vldistill.interrupt import ignore_stop_signals
 from vldistill.models.heads import task_loss
 from vldistill.models.students import save_student
 from vldistill.progress import TrainProgress
+from vldistill.run_folder import RunFolder
 
+__all__ = ["HARMLESS_CHANGES", "EpochSampler", "NumericsError", "build_optimizer", "train"]
 
-class NumericsError(VldistillError):
-    """A NaN or infinite loss: the run stops, the last good checkpoint stays intact."""
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """A seeded permutation per epoch: the data order is a function of (seed, epoch) alone.
-
-    The method is deliberately not called ``set_epoch``: accelerate calls ``set_epoch`` on samplers
-    with its own count of iterations of the loader object, which restarts at 0 for the new loader
-    a resumed run builds, and would replay the wrong epoch's order.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def use_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.size
+# Config keys a resumed run may change: they do not touch the updates (logging, checkpointing,
+# data workers, evaluation), so the resumed run still ends as an uninterrupted one would.
+HARMLESS_CHANGES = frozenset(
+    {
+        "name",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.num_workers",
+        "train.threads",
+        "train.eval_batch_size",
+        "train.eval_each_epoch",
+        "cache.dir",
+        "cache.shard_size",
+    }
+)
 
 
 class DistillModel(nn.Module):
@@ -80,45 +86,26 @@ class DistillModel(nn.Module):
         return out.logits, terms
 
 
-def build_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and norms.
-
-    The fused kernel updates all parameters in one pass: ~10x faster than the per-tensor loop on CPU
-    for small models, where the optimizer step otherwise costs as much as forward and backward.
-    """
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tc.lr, fused=True)
-
-
-def train_step(
+def micro_step(
     model: nn.Module,
     batch: Batch,
     targets: dict[str, dict[str, torch.Tensor]],
-    accelerator: Accelerator,
-    optimizer: Any,
-    scheduler: Any,
-    tc: Any,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward/backward (and, at the end of an accumulation, an optimizer step): loss and its terms.
+    accelerator: Any,
+    weight: float = 1.0,
+    sync: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Forward and backward of one micro-batch, its loss weighted by ``weight``; returns the loss terms.
+
+    ``weight`` is the micro-batch's share of its step's examples (:class:`AccumulationPlan`); gradients
+    are all-reduced across processes only when ``sync`` (the step's last micro-batch).
 
     Raises:
-        NumericsError: the loss is NaN or infinite (names the terms), before any update.
+        NumericsError: the loss is NaN or infinite (names the terms), before any backward.
     """
-    with accelerator.accumulate(model), accelerator.autocast():
+    with accelerator.autocast():
         _, terms = model(batch, targets)
-        loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-            raise NumericsError(f"loss term(s) {', '.join(bad)} not finite")
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and tc.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-    return loss, terms
+        backward(accelerator, model, finite_loss(terms), weight, sync)
+    return terms
 
 
 def batch_to_device(batch: Batch, device: torch.device) -> Batch:
@@ -142,8 +129,9 @@ def evaluate_all(
     results = {}
     collate = collate_fn(processor, data.task, data.builder.answers or None)
     for name, es in data.evals.items():
+        # Its own generator: evaluating must not draw from the training run's random stream.
         loader = torch.utils.data.DataLoader(
-            ExampleDataset(es.examples, store), batch_size=batch_size, collate_fn=collate
+            ExampleDataset(es.examples, store), batch_size=batch_size, collate_fn=collate, generator=torch.Generator()
         )
         start = time.perf_counter()
         preds = predict(student, loader, device)
@@ -153,43 +141,58 @@ def evaluate_all(
     return results
 
 
-def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: ExperimentConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Fine-tune the student with the configured method; returns the final evaluation.
 
-    Writes ``out_dir/metrics.jsonl`` (one row per epoch), ``out_dir/checkpoints/``,
-    ``out_dir/final/`` (the student, a Hugging Face directory) and ``out_dir/summary.json``.
+    Writes ``out_dir/config.yaml``, ``metrics.jsonl`` (a row every ``train.log_every`` steps and one
+    per epoch), ``tensorboard/``, ``checkpoints/``, ``final/`` (the student, a Hugging Face
+    directory) and ``summary.json``.
+
+    Raises:
+        ConfigError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set, or a
+            resume changes a config key outside ``HARMLESS_CHANGES``.
+        NumericsError: a loss term became NaN or infinite.
+        Interrupted: SIGINT or SIGTERM; a checkpoint of the step was saved first.
     """
     t0 = time.perf_counter()
-    hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
+    quiet_libraries()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    accelerator = Accelerator(
-        # Without a GPU, cpu=True is what makes accelerate run several torchrun processes as DDP over
-        # gloo (MULTI_CPU); otherwise each process would silently train alone.
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=tc.mixed_precision if torch.cuda.is_available() else "no",
-        gradient_accumulation_steps=tc.grad_accum,
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        log_with="tensorboard",
-        project_dir=str(out_dir),
+    accelerator = make_accelerator(tc.mixed_precision, out_dir)
+    main = accelerator.is_main_process
+    run = RunFolder(
+        accelerator,
+        out_dir,
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        harmless=HARMLESS_CHANGES,
+        log_every=tc.log_every,
+        checkpoint_every=tc.checkpoint_every,
+        keep_checkpoints=tc.keep_checkpoints,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(tc.seed)
-    data = load_data(cfg.data, out_dir if accelerator.is_main_process else None)
+    data = load_data(cfg.data, out_dir if main else None, verbose=main)
     built = build_models(cfg, data)
     store = ImageStore()
     dataset = ExampleDataset(data.train, store)
     sampler = EpochSampler(len(dataset), tc.seed)
-    collate = collate_fn(built.processor, data.task, data.builder.answers or None)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=tc.batch_size,
         sampler=sampler,
-        collate_fn=collate,
+        collate_fn=collate_fn(built.processor, data.task, data.builder.answers or None),
         num_workers=tc.num_workers,
-        drop_last=False,
+        worker_init_fn=ignore_stop_signals if tc.num_workers else None,
+        generator=torch.Generator(),  # see engine.EpochSampler: iterating must not draw from the global stream
     )
 
     device = accelerator.device
@@ -209,126 +212,90 @@ def train(cfg: ExperimentConfig, out_dir: Path, *, resume: bool = False, show_pr
         )
     # One batch fixes the projections' widths (student width -> each teacher's width).
     first = batch_to_device(next(iter(loader)), device)
+    first_targets = teacher_targets_for_batch(built, first, teacher_cache, device)
     with torch.no_grad():
         sample_out = built.student(first.student, output_cross_attention=built.method.needs_cross_attention)
-    built.method.setup(sample_out, teacher_targets_for_batch(built, first, teacher_cache, device))
+    built.method.setup(sample_out, first_targets)
     # Statistics over the training set (target_norm: standardize), from the cache or live teachers.
     built.method.prepare(data.train, teacher_cache, store=store, batch_size=tc.batch_size)
     built.method.to(device)
+    model = DistillModel(built.student, built.method)
+    declare_unused_parameters(accelerator, model, lambda: sum(model(first, first_targets)[1].values()))
     set_seed(tc.seed)  # the setup batch must not change the training run's random stream
 
-    model = DistillModel(built.student, built.method)
     optimizer = build_optimizer(model, tc)
-    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
-    total_steps = tc.max_steps or steps_per_epoch * tc.epochs
+    plan = AccumulationPlan(len(dataset), tc.batch_size, tc.grad_accum)
+    total_steps = tc.max_steps or plan.steps_per_epoch * tc.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    pos = run.restore({"model": accelerator.unwrap_model(model)}, optimizer, scheduler)
 
-    modules = {"model": accelerator.unwrap_model(model)}
-    epoch, batch_in_epoch, step = 0, 0, 0
-    ckpt_root = out_dir / "checkpoints"
-    if resume:
-        loaded = ckpt.load_latest(ckpt_root, modules)
-        for message in loaded.skipped if loaded else []:
-            accelerator.print(f"warning: skipped checkpoint {message}; using the previous good one")
-        if loaded is not None and loaded.step >= 0:
-            optimizer.load_state_dict(loaded.state["optimizer"])
-            scheduler.load_state_dict(loaded.state["scheduler"])
-            ckpt.set_rng_state(loaded.state["rng"])
-            epoch, batch_in_epoch, step = (loaded.state["position"][k] for k in ("epoch", "batch", "step"))
-            accelerator.print(f"resumed from {loaded.path.name} (epoch {epoch}, step {step})")
-
-    def save(tag_step: int) -> None:
-        if accelerator.is_main_process:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": ckpt.rng_state(),
-                "position": {"epoch": epoch, "batch": batch_in_epoch, "step": tag_step},
-            }
-            ckpt.save_checkpoint(ckpt_root, tag_step, modules, state, keep=tc.keep_checkpoints)
-        accelerator.wait_for_everyone()
-
-    accelerator.init_trackers("tensorboard")
-    metrics_path = out_dir / "metrics.jsonl"
-    progress = TrainProgress(enabled=show_progress and accelerator.is_main_process, total=total_steps, completed=step)
+    progress = TrainProgress(enabled=show_progress and main, total=total_steps, completed=pos.step, epoch=pos.epoch)
     final_eval: dict[str, dict[str, float]] = {}
-    done = step >= total_steps
-    with progress:
-        while not done and epoch < tc.epochs:
-            sampler.use_epoch(epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
-            sums: dict[str, float] = {}
+    with progress, run:
+        while pos.step < total_steps and pos.epoch < tc.epochs:
+            sampler.use_epoch(pos.epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, pos.batch) if pos.batch else loader
+            sums: dict[str, float] = {}  # the epoch's per-batch means, summed
+            window: dict[str, float] = {}  # the step's terms, weighted as in its gradient
             seen = 0
             for batch in epoch_loader:
                 batch = batch_to_device(batch, device)
+                weight, steps = plan.at(pos.batch)
                 targets = teacher_targets_for_batch(built, batch, teacher_cache, device)
                 try:
-                    loss, terms = train_step(model, batch, targets, accelerator, optimizer, scheduler, tc)
+                    terms = micro_step(model, batch, targets, accelerator, weight, sync=steps)
                 except NumericsError as err:
                     raise NumericsError(
-                        f"step {step + 1}: {err}; the last good checkpoint in {ckpt_root} is "
+                        f"step {pos.step + 1}: {err}; the last good checkpoint in {run.checkpoints} is "
                         "intact; fix: lower train.lr or the term's weight, then --resume"
                     ) from None
-                batch_in_epoch += 1
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                pos.batch += 1
                 seen += 1
-                if accelerator.sync_gradients:
-                    step += 1
-                    progress.advance(float(loss.detach()), epoch)
-                    if step % tc.log_every == 0:
-                        accelerator.log({f"train/{k}": float(v.detach()) for k, v in terms.items()}, step=step)
-                    if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                        save(step)
-                    if step >= total_steps:
-                        done = True
-                        break
-            epoch += 1
-            batch_in_epoch = 0
+                for k, v in terms.items():
+                    value = float(v.detach())
+                    sums[k] = sums.get(k, 0.0) + value
+                    window[k] = window.get(k, 0.0) + weight * value
+                if not steps:
+                    continue
+                lr, grad_norm = optimizer_step(accelerator, model, optimizer, scheduler, tc.max_grad_norm)
+                pos.step += 1
+                step_loss = sum(window.values())
+                progress.advance(step_loss, pos.epoch)
+                run.after_step(pos, lr=lr, loss=step_loss, grad_norm=grad_norm, terms=window)
+                window = {}
+                if pos.step >= total_steps:
+                    break
+            pos.epoch, pos.batch = pos.epoch + 1, 0
             evaluation: dict[str, dict[str, float]] = {}
-            last_epoch = done or epoch >= tc.epochs
-            if accelerator.is_main_process:
-                if tc.eval_each_epoch or last_epoch:
-                    evaluation = evaluate_all(
-                        accelerator.unwrap_model(model).student,
-                        data,
-                        built.processor,
-                        tc.eval_batch_size,
-                        store,
-                        device,
-                    )
-                    accelerator.log({f"{s}/{m}": v for s, ms in evaluation.items() for m, v in ms.items()}, step=step)
-                    metric = PRIMARY_METRIC[data.task]
-                    progress.note(
-                        f"epoch {epoch}: " + ", ".join(f"{s} {metric} {ms[metric]}" for s, ms in evaluation.items())
-                    )
-                row = {
-                    "epoch": epoch,
-                    "step": step,
-                    **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                    "eval": evaluation,
-                    "seconds": round(time.perf_counter() - t0, 2),
-                }
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            if main and (tc.eval_each_epoch or pos.step >= total_steps or pos.epoch >= tc.epochs):
+                student = accelerator.unwrap_model(model).student
+                evaluation = evaluate_all(student, data, built.processor, tc.eval_batch_size, store, device)
+                metric = PRIMARY_METRIC[data.task]
+                scores = ", ".join(f"{s} {metric} {ms[metric]}" for s, ms in evaluation.items())
+                progress.note(f"epoch {pos.epoch}: {scores}")
+            row = {
+                "epoch": pos.epoch,
+                "step": pos.step,
+                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+                "eval": evaluation,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            run.end_epoch(pos, row, {f"{s}/{m}": v for s, ms in evaluation.items() for m, v in ms.items()})
             final_eval = evaluation
-            save(step)
-    accelerator.end_training()
     summary: dict[str, Any] = {}
-    if accelerator.is_main_process:
+    if main:
+        student = accelerator.unwrap_model(model).student
         if not final_eval:
-            final_eval = evaluate_all(
-                accelerator.unwrap_model(model).student, data, built.processor, tc.eval_batch_size, store, device
-            )
-        save_student(accelerator.unwrap_model(model).student, out_dir / "final", built.processor)
+            final_eval = evaluate_all(student, data, built.processor, tc.eval_batch_size, store, device)
+        save_student(student, out_dir / "final", built.processor)
         summary = {
             "task": data.task,
             "method": cfg.method.name,
             "student": cfg.student.kind,
             "train_examples": len(data.train),
             "processes": accelerator.num_processes,
-            "steps": step,
+            "steps": pos.step,
             "eval": final_eval,
             "primary_metric": PRIMARY_METRIC[data.task],
             "seconds": round(time.perf_counter() - t0, 2),

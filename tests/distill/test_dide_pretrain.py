@@ -117,8 +117,17 @@ def _maps(t2i_rows: list[list[float]]) -> CrossModalAttention:
 
 def _student(cross: CrossModalAttention, logits: torch.Tensor) -> StudentOutput:
     n = cross.text_mask.shape[0]
-    return StudentOutput(logits, torch.zeros(n, 3, 4), cross.text_mask, torch.zeros(n, 3, dtype=torch.long),
-                         torch.zeros(n, 2, 4), cross.image_mask, (1, 2), torch.zeros(n, 4), cross_attention=cross)
+    return StudentOutput(
+        logits,
+        torch.zeros(n, 3, 4),
+        cross.text_mask,
+        torch.zeros(n, 3, dtype=torch.long),
+        torch.zeros(n, 2, 4),
+        cross.image_mask,
+        (1, 2),
+        torch.zeros(n, 4),
+        cross_attention=cross,
+    )
 
 
 def test_losses_are_zero_when_the_student_matches_the_teacher_on_real_positions() -> None:
@@ -187,7 +196,7 @@ def test_pretrain_through_the_cli_then_fine_tune_from_the_saved_student(tmp_path
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["pairs"], summary["steps"]) == (24, 3)
-    row = json.loads((out / "metrics.jsonl").read_text())
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(row[k]) and row[k] >= 0 for k in ("attention/t2i", "attention/i2t", "itm"))
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no partial folder left
 
@@ -211,6 +220,50 @@ def test_pretrain_through_the_cli_then_fine_tune_from_the_saved_student(tmp_path
     assert fine_tuned["steps"] == 3 and 0 <= fine_tuned["eval"]["eval"]["accuracy"] <= 100
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not an Exception, so nothing catches it)."""
+
+
+def test_pretraining_checkpoints_logs_and_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
+    """The engine of `vldistill train`: a run killed after its step-4 checkpoint resumes bit for bit."""
+    from vldistill import checkpoint as ckpt
+    from vldistill.run_folder import read_rows
+
+    tree = _tree(train={"epochs": 2, "checkpoint_every": 2, "log_every": 1})
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    reference = pretrain_dual(load_pretrain_config(config), tmp_path / "reference", show_progress=False)
+    real_save = ckpt.save_checkpoint
+
+    def save(root, step, *args, **kwargs):
+        result = real_save(root, step, *args, **kwargs)
+        if step == 4:  # mid epoch 2 (3 steps per epoch)
+            raise _Killed
+        return result
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    run = tmp_path / "run"
+    with pytest.raises(_Killed):
+        pretrain_dual(load_pretrain_config(config), run, show_progress=False)
+    monkeypatch.undo()
+    assert not (run / "final").exists()
+    refused = CliRunner().invoke(app, ["pretrain", str(config), "--out", str(run), "--no-progress"])
+    assert isinstance(refused.exception, ConfigError) and "already holds a run" in str(refused.exception)
+    resumed = CliRunner().invoke(app, ["pretrain", str(config), "--out", str(run), "--no-progress", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from step-00000004 (epoch 1, step 4)" in resumed.output
+    a = load_file(str(tmp_path / "reference" / "final" / "model.safetensors"))
+    b = load_file(str(run / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = read_rows(run / "metrics.jsonl")
+    assert [r["step"] for r in rows if r.get("kind") == "step"] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in rows if r.get("kind") != "step"] == [1, 2]
+    assert all(r["lr"] > 0 and r["grad_norm"] > 0 and r["loss"] > 0 for r in rows if r.get("kind") == "step")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["first_epoch"] == reference["first_epoch"] | {"seconds": summary["first_epoch"]["seconds"]}
+    assert (run / "config.yaml").is_file() and list((run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
 # ------------------------------------------------------------------------------ config, teachers
 
 
@@ -228,8 +281,15 @@ def test_config_errors_name_the_key(tmp_path) -> None:
 
 
 def _vilt(cls, directory: Path) -> ViltForImageAndTextRetrieval:
-    config = ViltConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        image_size=32, patch_size=8, max_position_embeddings=40)
+    config = ViltConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=40,
+    )
     model = cls(config)
     model.save_pretrained(directory)
     minilm_tokenizer().save_pretrained(directory)

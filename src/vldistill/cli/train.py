@@ -1,9 +1,12 @@
-"""``vldistill train`` and ``vldistill plan``."""
+"""``vldistill train``, ``vldistill plan`` and ``vldistill eval``."""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +21,29 @@ console = Console()
 ConfigArg = Annotated[Path | None, typer.Argument(help="experiment YAML (or use --preset)")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="a preset shipped in configs/, e.g. smoke")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set train.epochs=1")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue from the last whole checkpoint in --out")]
+OverwriteOpt = Annotated[
+    bool, typer.Option(help="replace the run already in --out (its checkpoints, events and metrics)")
+]
+
+
+def run_interruptible(run: Callable[[], Any]) -> Any:
+    """``run()``; on Ctrl-C or SIGTERM, one line on stderr and the signal's exit status (130, 143).
+
+    ``Interrupted`` comes from the training loop after its checkpoint; a ``KeyboardInterrupt`` from
+    before the loop (loading) or from a second Ctrl-C.
+    """
+    from vldistill.interrupt import Interrupted
+
+    try:
+        return run()
+    except Interrupted as stop:
+        if os.environ.get("RANK", "0") == "0":  # every process of a DDP run stops; one says so
+            print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def resolve_config(config: Path | None, preset: str | None, overrides: list[str] | None) -> ExperimentConfig:
@@ -32,15 +58,20 @@ def train_command(
     config: ConfigArg = None,
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/train"),
     preset: PresetOpt = None,
-    resume: Annotated[bool, typer.Option(help="continue from the last whole checkpoint in --out")] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     set_: SetOpt = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Fine-tune a student with a distillation method, evaluate, checkpoint."""
+    """Fine-tune a student with a distillation method, evaluate, checkpoint.
+
+    The run folder keeps the resolved config (config.yaml); Ctrl-C or SIGTERM saves a checkpoint and
+    exits with 130 / 143; --resume continues it.
+    """
     from vldistill.train import train
 
     cfg = resolve_config(config, preset, set_)
-    summary = train(cfg, out, resume=resume, show_progress=progress)
+    summary = run_interruptible(lambda: train(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress))
     if summary:
         metric = summary["primary_metric"]
         for split, values in summary["eval"].items():
@@ -60,8 +91,39 @@ def plan_command(
     render_plan(make_plan(cfg), console)
 
 
+def resolve_eval_inputs(
+    student: Path, config: Path | None, preset: str | None, overrides: list[str] | None
+) -> tuple[ExperimentConfig, Path]:
+    """The config and the student folder of ``vldistill eval STUDENT [CONFIG]``.
+
+    ``STUDENT`` is a student folder (then a config or preset is needed) or a run folder written by
+    ``vldistill train``: its ``final/`` student, and its ``config.yaml`` unless a config is given.
+    """
+    from vldistill.config import load_config
+    from vldistill.run_folder import CONFIG_FILE
+
+    if (student / CONFIG_FILE).is_file() and not (student / "final").is_dir():
+        raise ConfigError(
+            f"{student}: this run has no final/ student yet; fix: finish it (vldistill train ... --out "
+            f"{student} --resume) or give a student folder"
+        )
+    run_dir = student if (student / "final").is_dir() else None
+    if run_dir is not None:
+        student = run_dir / "final"
+    if config is None and preset is None:
+        if run_dir is None or not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"{student}: no config given and no run folder with a {CONFIG_FILE} around it; fix: give the "
+                "experiment config (vldistill eval STUDENT CONFIG) or the run folder vldistill train wrote"
+            )
+        return load_config(run_dir / CONFIG_FILE, overrides), student
+    return resolve_config(config, preset, overrides), student
+
+
 def eval_command(
-    student: Annotated[Path, typer.Argument(help="a student folder written by vldistill (e.g. RUN/final)")],
+    student: Annotated[
+        Path, typer.Argument(help="a run folder (RUN: its final/ and config.yaml), or a student folder and a config")
+    ],
     config: ConfigArg = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
@@ -73,12 +135,14 @@ def eval_command(
     import torch
 
     from vldistill.data.loader import ExampleDataset, collate_fn
+    from vldistill.engine import quiet_libraries
     from vldistill.evaluate import predict, score, write_predictions
     from vldistill.experiment import load_data
     from vldistill.models.processing import Processor
     from vldistill.models.students import load_student
 
-    cfg = resolve_config(config, preset, set_)
+    cfg, student = resolve_eval_inputs(student, config, preset, set_)
+    quiet_libraries()
     data = load_data(cfg.data)
     model = load_student(student, task=data.task, max_text_len=cfg.student.max_text_len)
     processor = Processor.from_pretrained(student, max_length=cfg.student.max_text_len)

@@ -3,12 +3,20 @@
 Images are decoded once and kept in memory (the generated world and the low-shot subsets are small;
 for real datasets the cache is bounded). A batch keeps the decoded images so that live teachers can
 apply their own preprocessing to the very same example as the student.
+
+Before training or evaluation :func:`examples_with_images` checks the examples' images, so that a
+bad image is met before the first step rather than in the middle of an epoch: a missing one always
+(a cheap ``stat``), an unreadable one too with ``data.skip_bad`` (every image is decoded once, in
+threads), and those examples are dropped and listed once.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +24,82 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vldistill.data.examples import TaskExample
-from vldistill.errors import DataError
+from vldistill.errors import DataError, VldistillError
 from vldistill.models.heads import task_targets
 from vldistill.models.outputs import ModelInputs
+
+SKIP_FIX = "set data.skip_bad: true to drop the examples whose images are missing or unreadable"
+
+
+class ImageReadError(DataError):
+    """An image that cannot be decoded: ``<path>: cannot read image (<why>); fix: ...``, one line.
+
+    A DataLoader worker's exception reaches the main process re-built by torch as ``cls(text)``, where
+    ``text`` is the worker's whole traceback; the one-argument form keeps only its last line, the
+    original message, so the command line still prints one line.
+    """
+
+    def __init__(self, path: str | Path, problem: str | None = None) -> None:
+        if problem is not None:
+            super().__init__(path, None, f"cannot read image ({problem})", f"replace the file, or {SKIP_FIX}")
+            return
+        last = str(path).rstrip().splitlines()[-1]
+        marker = f"{type(self).__name__}: "
+        message = last.split(marker, 1)[1] if marker in last else last
+        self.file, self.record, self.problem, self.fix = "", None, message, ""
+        VldistillError.__init__(self, message)
+
+
+def decode_image(path: Path) -> Image.Image:
+    """The image at ``path`` as RGB. Raises ``ImageReadError`` (one line) if it is missing or unreadable."""
+    try:
+        with Image.open(path) as raw:
+            return raw.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageReadError(path, str(err)) from None
+
+
+def _missing(path: Path) -> tuple[str, str] | None:
+    return None if path.is_file() else ("image not found", "")
+
+
+def examples_with_images(
+    examples: Sequence[TaskExample], *, skip_bad: bool, where: str, report: bool = True
+) -> list[TaskExample]:
+    """``examples`` whose images all exist (and, with ``skip_bad``, decode); the others dropped and listed.
+
+    Without ``skip_bad`` only existence is checked (decoding every image up front would cost as much
+    as an epoch on a real dataset); an unreadable image then fails when it is first decoded, with
+    ``ImageReadError``. With ``skip_bad`` each distinct image gets ``vldistill data check``'s test
+    (exists, decodes, is no decompression bomb; threads, as decoding releases the GIL) and the dropped
+    examples are reported on stderr, once (``report``).
+
+    Raises:
+        DataError: without ``skip_bad``, a missing image (naming it, an example using it and the fix).
+    """
+    from vldistill.data.check import _image_problem
+
+    paths = list(dict.fromkeys(p for ex in examples for p in ex.images))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = pool.map(_image_problem if skip_bad else _missing, paths)
+        bad = {p: problem[0] for p, problem in zip(paths, found, strict=True) if problem is not None}
+    if not bad:
+        return list(examples)
+    if not skip_bad:
+        first = next(ex for ex in examples if any(p in bad for p in ex.images))
+        path = next(p for p in first.images if p in bad)
+        others = f" (and {len(bad) - 1} other image(s))" if len(bad) > 1 else ""
+        raise DataError(
+            path, f"image of example {first.uid} ({where})", bad[path] + others, f"restore it, or {SKIP_FIX}"
+        )
+    kept = [ex for ex in examples if not any(p in bad for p in ex.images)]
+    if report:
+        print(f"warning: skipped {len(examples) - len(kept)} example(s) of {where} for bad images:", file=sys.stderr)
+        for path, problem in list(bad.items())[:20]:
+            print(f"  {path}: {problem}", file=sys.stderr)
+        if len(bad) > 20:
+            print(f"  ... and {len(bad) - 20} more image(s)", file=sys.stderr)
+    return kept
 
 
 class ImageStore:
@@ -33,13 +114,7 @@ class ImageStore:
         if img is not None:
             self._images.move_to_end(path)
             return img
-        try:
-            with Image.open(path) as raw:
-                img = raw.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise DataError(
-                path, None, f"cannot read image ({err})", "replace the file or run `vldistill data check`"
-            ) from err
+        img = decode_image(path)
         self._images[path] = img
         if len(self._images) > self.capacity:
             self._images.popitem(last=False)

@@ -26,9 +26,12 @@ Our choices (the paper is silent on them):
   ``sigmoid`` is the BCE of each student logit against ``sigmoid(teacher logit / T)``, for teachers
   whose matching score is a calibrated probability.
 
-Training is AdamW with linear warm-up and decay on accelerate (``vldistill.train``'s optimizer and
-sampler), deterministic on CPU for a seed; no checkpoints or resume: pre-training runs are short and
-the final student is written atomically (a temporary folder renamed into place).
+Training runs on the fine-tuning engine (:mod:`vldistill.engine`, :mod:`vldistill.run_folder`):
+AdamW with linear warm-up and decay on accelerate, deterministic on CPU for a seed, with the same run
+folder as ``vldistill train`` (``config.yaml``, checkpoints, ``--resume`` to the same weights bit for
+bit, ``--overwrite``, ``metrics.jsonl`` and TensorBoard rows every ``train.log_every`` steps, Ctrl-C /
+SIGTERM saving a checkpoint); the final student is written atomically (a temporary folder renamed
+into place).
 """
 
 from __future__ import annotations
@@ -38,103 +41,55 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import yaml
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from accelerate.utils import set_seed
 from transformers import AutoConfig, get_linear_schedule_with_warmup
-from transformers.utils import logging as hf_logging
 
-from vldistill.config import _format_validation, _set_path
 from vldistill.distill.losses import attention_kl, logit_kd
-from vldistill.distill.pretrain_data import ITM_TASK, CaptionDataConfig, PairBatch, PairCollator, caption_pairs
+from vldistill.distill.pretrain_config import (
+    HARMLESS_CHANGES,
+    DidePretrainConfig,
+    PretrainLossConfig,
+    PretrainTrainConfig,
+    load_pretrain_config,
+)
+from vldistill.distill.pretrain_data import ITM_TASK, PairBatch, PairCollator, caption_pairs
+from vldistill.engine import (
+    EpochSampler,
+    NumericsError,
+    backward,
+    build_optimizer,
+    declare_unused_parameters,
+    finite_loss,
+    make_accelerator,
+    optimizer_step,
+    quiet_libraries,
+)
 from vldistill.errors import ConfigError
+from vldistill.interrupt import ignore_stop_signals
 from vldistill.models.fusion import FusionStudent
 from vldistill.models.outputs import FusionTeacherOutput, StudentOutput
 from vldistill.models.processing import Processor
-from vldistill.models.students import STUDENT_FILE, StudentConfig, build_student, save_student
+from vldistill.models.students import STUDENT_FILE, build_student, save_student
 from vldistill.models.teachers.factory import TeacherConfig, build_teacher
 from vldistill.models.teachers.fusion import FusionTeacher
 from vldistill.progress import TrainProgress
+from vldistill.run_folder import RunFolder
 
 RETRIEVAL_CLASS = "ViltForImageAndTextRetrieval"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PretrainLossConfig(_Strict):
-    """Loss weights; ``negatives``: mismatched captions per image (views per image = 1 + negatives)."""
-
-    attention_weight: float = Field(1.0, ge=0)
-    itm_weight: float = Field(1.0, ge=0)
-    itm_loss: Literal["softmax", "sigmoid"] = "softmax"
-    temperature: float = Field(1.0, gt=0)
-    negatives: int = Field(1, ge=1)
-
-
-class PretrainTrainConfig(_Strict):
-    """Optimisation (the fields mean what they mean in ``train:`` of an experiment)."""
-
-    epochs: int = Field(1, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=2)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, le=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
-    num_workers: int = Field(0, ge=0)
-    threads: int | None = Field(None, ge=1)
-
-
-class DidePretrainConfig(_Strict):
-    """One pre-training run: ``vldistill pretrain CONFIG`` (see ``configs/dide-pretrain-demo.yaml``)."""
-
-    name: str = "dide-pretrain"
-    data: CaptionDataConfig = Field(default_factory=CaptionDataConfig)
-    student: StudentConfig = Field(default_factory=lambda: StudentConfig(kind="dual"))
-    teacher: TeacherConfig
-    loss: PretrainLossConfig = Field(default_factory=PretrainLossConfig)
-    train: PretrainTrainConfig = Field(default_factory=PretrainTrainConfig)
-
-    @model_validator(mode="after")
-    def _kinds(self) -> DidePretrainConfig:
-        if self.student.kind != "dual":
-            raise ValueError("DiDE pre-training trains a dual-encoder student; set student.kind: dual")
-        if self.teacher.kind != "fusion":
-            raise ValueError("the teacher must be a fusion encoder with a matching head; set teacher.kind: fusion")
-        return self
-
-
-def load_pretrain_config(path: str | Path, overrides: list[str] | None = None) -> DidePretrainConfig:
-    """Read and validate a pre-training YAML; ``overrides`` are ``key.path=value`` strings."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file; fix: check the path, or use --preset NAME") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not a valid UTF-8 YAML file ({err}); fix: correct the file") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping; fix: see configs/dide-pretrain-demo.yaml")
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override '{item}' has no '='; fix: write key.path=value, e.g. train.epochs=1")
-        try:
-            _set_path(raw, key.strip(), yaml.safe_load(value))
-        except yaml.YAMLError:
-            raise ConfigError(f"override {key.strip()}: value {value!r} is not valid YAML; fix: quote it") from None
-    try:
-        return DidePretrainConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_validation(err, str(path))) from None
+__all__ = [
+    "HARMLESS_CHANGES",
+    "DidePretrainConfig",
+    "PretrainLossConfig",
+    "PretrainTrainConfig",
+    "check_alignment",
+    "load_itm_teacher",
+    "load_pretrain_config",
+    "pretrain_dual",
+    "pretrain_losses",
+]
 
 
 # ------------------------------------------------------------------------------------ models, loss
@@ -241,30 +196,47 @@ def _save_atomically(student: torch.nn.Module, target: Path, processor: Processo
     partial.rename(target)
 
 
-def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool = True) -> dict[str, Any]:
+def pretrain_dual(
+    cfg: DidePretrainConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Distil the teacher into a dual student on caption pairs; write ``out_dir/final`` and return the summary.
 
-    Writes ``out_dir/metrics.jsonl`` (per epoch: mean loss terms, and how often teacher and student rank
-    each image's own caption first, ``*_rank_top1``, and agree, ``rank_agreement``),
-    ``out_dir/summary.json`` and ``out_dir/final/`` (``save_student``: loads with
+    Writes the run folder of ``vldistill train`` (:mod:`vldistill.run_folder`): ``config.yaml``,
+    ``checkpoints/``, ``tensorboard/``, ``metrics.jsonl`` (step rows, and per epoch: mean loss terms,
+    and how often teacher and student rank each image's own caption first, ``*_rank_top1``, and agree,
+    ``rank_agreement``), ``summary.json`` and ``final/`` (``save_student``: loads with
     ``StudentConfig(kind="dual", pretrained=...)`` for any task).
+
+    Raises:
+        ConfigError: a bad folder reuse (see ``vldistill.train.train``), too few pairs, misaligned maps.
+        NumericsError: a loss term became NaN or infinite.
+        Interrupted: SIGINT or SIGTERM; a checkpoint of the step was saved first.
     """
     from vldistill.experiment import student_processor
-    from vldistill.train import EpochSampler, NumericsError, build_optimizer
 
     t0 = time.perf_counter()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # several CPU processes run as DDP over gloo (see vldistill.train)
-        mixed_precision=tc.mixed_precision if torch.cuda.is_available() else "no",
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(tc.mixed_precision, out_dir)
+    run = RunFolder(
+        accelerator,
+        out_dir,
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        harmless=HARMLESS_CHANGES,
+        log_every=tc.log_every,
+        checkpoint_every=tc.checkpoint_every,
+        keep_checkpoints=tc.keep_checkpoints,
+    )
     set_seed(tc.seed)
     teacher = load_itm_teacher(cfg.teacher)
     student = build_student(cfg.student, ITM_TASK, 1)
@@ -281,45 +253,55 @@ def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool
         drop_last=True,
         collate_fn=PairCollator(processor, teacher.processor, cfg.loss.negatives),
         num_workers=tc.num_workers,
+        worker_init_fn=ignore_stop_signals if tc.num_workers else None,
+        generator=torch.Generator(),  # see engine.EpochSampler: iterating must not draw from the global stream
     )
     total_steps = len(loader) * tc.epochs
     total_steps = min(total_steps, tc.max_steps) if tc.max_steps else total_steps
-    optimizer = build_optimizer(student, tc)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(student.train(), optimizer, loader, scheduler)
     device = accelerator.device
     teacher.to(device)
+    student.to(device).train()
+    first = next(iter(loader)).to(device)
+    with torch.no_grad():
+        check_alignment(first, student(first.student, output_cross_attention=True), teacher(first.teacher))
 
-    step, aligned, rows = 0, False, []
-    with TrainProgress(enabled=show_progress and accelerator.is_main_process, total=total_steps) as progress:
-        for epoch in range(tc.epochs):
-            sampler.use_epoch(epoch)
+    def sample_loss() -> torch.Tensor:
+        out = student(first.student, output_cross_attention=True)
+        return sum(pretrain_losses(out, teacher(first.teacher), cfg.loss).values())  # type: ignore[return-value]
+
+    declare_unused_parameters(accelerator, student, sample_loss)
+    set_seed(tc.seed)  # the checks on the first batch must not change the run's random stream
+    optimizer = build_optimizer(student, tc)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+    pos = run.restore({"model": accelerator.unwrap_model(model)}, optimizer, scheduler)
+
+    progress = TrainProgress(
+        enabled=show_progress and accelerator.is_main_process, total=total_steps, completed=pos.step, epoch=pos.epoch
+    )
+    with progress, run:
+        while pos.step < total_steps and pos.epoch < tc.epochs:
+            sampler.use_epoch(pos.epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, pos.batch) if pos.batch else loader
             sums: dict[str, float] = {}
             seen = 0
-            for batch in loader:
+            for batch in epoch_loader:
                 batch = batch.to(device)
                 with accelerator.autocast():
                     target = teacher(batch.teacher)
                     out = model(batch.student, output_cross_attention=True)
-                    if not aligned:
-                        check_alignment(batch, out, target)
-                        aligned = True
                     terms = pretrain_losses(out, target, cfg.loss)
-                    loss = sum(terms.values())
-                if not torch.isfinite(loss):
-                    bad = ", ".join(k for k, v in terms.items() if not torch.isfinite(v))
-                    raise NumericsError(f"step {step + 1}: loss term(s) {bad} not finite; fix: lower train.lr")
-                accelerator.backward(loss)
-                if tc.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                step += 1
-                seen += 1
+                    try:
+                        loss = finite_loss(terms)
+                    except NumericsError as err:
+                        raise NumericsError(f"step {pos.step + 1}: {err}; fix: lower train.lr, then --resume") from None
+                    backward(accelerator, model, loss, 1.0, sync=True)
+                lr, grad_norm = optimizer_step(accelerator, model, optimizer, scheduler, tc.max_grad_norm)
+                pos.batch, pos.step, seen = pos.batch + 1, pos.step + 1, seen + 1
+                values = {k: float(v.detach()) for k, v in terms.items()}
                 teacher_top, student_top = target.logits.argmax(1), out.logits.detach().argmax(1)
                 stats = {
-                    **{k: float(v.detach()) for k, v in terms.items()},
+                    **values,
                     "loss": float(loss.detach()),
                     "teacher_rank_top1": float((teacher_top == 0).float().mean()),
                     "student_rank_top1": float((student_top == 0).float().mean()),
@@ -327,29 +309,22 @@ def pretrain_dual(cfg: DidePretrainConfig, out_dir: Path, *, show_progress: bool
                 }
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-                progress.advance(stats["loss"], epoch)
-                if step >= total_steps:
+                progress.advance(stats["loss"], pos.epoch)
+                run.after_step(pos, lr=lr, loss=stats["loss"], grad_norm=grad_norm, terms=values)
+                if pos.step >= total_steps:
                     break
-            rows.append(
-                {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    **{k: v / max(seen, 1) for k, v in sums.items()},
-                    "seconds": round(time.perf_counter() - t0, 2),
-                }
-            )
-            if accelerator.is_main_process:
-                with (out_dir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps(rows[-1]) + "\n")
-            if step >= total_steps:
-                break
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+            means = {k: v / max(seen, 1) for k, v in sums.items()}
+            row = {"epoch": pos.epoch, "step": pos.step, **means, "seconds": round(time.perf_counter() - t0, 2)}
+            run.end_epoch(pos, row, {f"epoch/{k}": v for k, v in means.items()})
     summary: dict[str, Any] = {}
     if accelerator.is_main_process:
+        rows = run.epoch_rows()
         _save_atomically(accelerator.unwrap_model(model), out_dir / "final", processor)
         summary = {
             "name": cfg.name,
             "pairs": len(pairs),
-            "steps": step,
+            "steps": pos.step,
             "first_epoch": rows[0],
             "last_epoch": rows[-1],
             "final": str(out_dir / "final"),
