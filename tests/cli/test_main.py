@@ -27,7 +27,10 @@ def vldistill(*args: str, columns: str | None = None) -> subprocess.CompletedPro
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["traine"], "No such command 'traine'. Did you mean 'train', 'pretrain'?; fix: see 'python -m vldistill --help'"),
+        (
+            ["traine"],
+            "No such command 'traine'. Did you mean 'train', 'pretrain'?; fix: see 'python -m vldistill --help'",
+        ),
         (["--bogus"], "No such option: --bogus; fix: see 'python -m vldistill --help'"),
         (
             ["train", "--bogus"],
