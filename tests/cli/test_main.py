@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from vldistill.cli import main
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -66,3 +68,58 @@ def test_version_is_the_installed_distributions() -> None:
 def test_help_exits_0() -> None:
     proc = vldistill("train", "--help")
     assert proc.returncode == 0 and "--set" in proc.stdout and proc.stderr == ""
+
+
+def in_process(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple:
+    """``(exit status, stdout, stderr)`` of the console script's entry point run in this process.
+
+    For commands that import torch, which a fresh process takes seconds to do.
+    """
+    monkeypatch.setattr(sys, "argv", ["vldistill", *args])
+    with pytest.raises(SystemExit) as done:
+        main()
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["plan", "train"])
+def test_a_protocol_file_given_to_plan_or_train_points_to_vldistill_protocol(command: str, monkeypatch, capsys) -> None:
+    path = SRC.parent / "configs" / "protocol-paper.yaml"
+    assert in_process([command, str(path)], monkeypatch, capsys) == (
+        2,
+        "",
+        f"error: {path} is a protocol file (tasks x conditions x methods x seeds), not one experiment; "
+        f"fix: run it with `vldistill protocol {path} --out DIR`\n",
+    )
+
+
+def test_set_error_names_the_option(monkeypatch, capsys) -> None:
+    code, out, err = in_process(["plan", "--preset", "smoke", "--set", "train.epochs=abc"], monkeypatch, capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: --set train.epochs=abc: train.epochs: Input should be a valid integer")
+
+
+def _nlvr2_dev(root: Path) -> Path:
+    from PIL import Image
+
+    (root / "dev").mkdir(parents=True)
+    (root / "dev.json").write_text('{"identifier": "dev-0-0-1", "sentence": "Two dogs.", "label": "True"}\n')
+    for side in ("img0", "img1"):
+        Image.new("RGB", (8, 6)).save(root / "dev" / f"dev-0-0-{side}.png")
+    return root
+
+
+def test_long_lines_stay_whole_in_a_pipe(tmp_path: Path) -> None:
+    """rich wraps at 80 columns when not writing to a terminal; the commands' output must not."""
+    root = _nlvr2_dev(tmp_path / ("long-folder-name-" * 8))
+    proc = vldistill("data", "check", "nlvr2", str(root), "--split", "dev")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == f"nlvr2 dev at {root}: ok"
+    assert len(proc.stdout.splitlines()[0]) > 150
+
+
+def test_columns_set_by_the_user_still_wraps(tmp_path: Path) -> None:
+    root = _nlvr2_dev(tmp_path / ("long-folder-name-" * 8))
+    proc = vldistill("data", "check", "nlvr2", str(root), "--split", "dev", columns="60")
+    assert proc.returncode == 0, proc.stderr
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 60

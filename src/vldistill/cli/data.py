@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from vldistill.console import make_console
 
 app = typer.Typer(
     help="Validate datasets in their official layouts; generate the embedded world.", no_args_is_help=True
 )
-console = Console()
+console = make_console()
 
 
 @app.command("check")
