@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vldistill.cli import main
+from vldistill.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -123,3 +124,19 @@ def test_columns_set_by_the_user_still_wraps(tmp_path: Path) -> None:
     proc = vldistill("data", "check", "nlvr2", str(root), "--split", "dev", columns="60")
     assert proc.returncode == 0, proc.stderr
     assert max(len(line) for line in proc.stdout.splitlines()) <= 60
+
+
+def test_a_multi_line_message_prints_as_one_line(monkeypatch, capsys) -> None:
+    """A teacher that cannot load quotes transformers' two-line hub error: still one ``error:`` line."""
+    hub = "We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your internet connection."
+
+    def cannot_load(cfg, batch_size=4):
+        raise ConfigError(f"CLIP teacher 'org/clip': cannot load it ({hub}); fix: give a local model directory")
+
+    monkeypatch.setattr("vldistill.plan.make_plan", cannot_load)
+    assert in_process(["plan", "--preset", "smoke"], monkeypatch, capsys) == (
+        2,
+        "",
+        "error: CLIP teacher 'org/clip': cannot load it (We couldn't connect to 'https://huggingface.co' to load "
+        "the files. Check your internet connection.); fix: give a local model directory\n",
+    )

@@ -97,7 +97,8 @@ def main() -> None:
         status = app(standalone_mode=False)
     except VldistillError as err:
         for line in err.lines():
-            print(f"error: {line}", file=sys.stderr)
+            # a message may quote a library's multi-line text (transformers' hub errors): one line each
+            print("error: " + " ".join(part.strip() for part in line.splitlines()), file=sys.stderr)
         sys.exit(err.exit_code)
     except _CLICK_EXCEPTION as err:
         line = _usage_error_line(err)
