@@ -5,14 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
+from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
 from vldistill.errors import DataError
 from vldistill.report import format_cell, summary_table, write_report
-from vldistill.report_cells import aggregate, pooled_std, read_results
+from vldistill.report_cells import ResultRow, aggregate, pooled_std, read_results
+from vldistill.report_plots import dodge, error_bars, figure_dide, figure_lowshot, figure_shift, seeds_caption
 
 # (task, condition, split, fraction, student, method, metric) -> values over seeds 0, 1, 2, ...
 VQA = "vqa_accuracy"
@@ -256,3 +259,132 @@ def test_method_labels_stay_apart_and_baseline_found_by_method(tmp_path: Path) -
     )
     assert "- nlvr2, full, other / mad: no `none` baseline of student other ran; the gain is unknown." in text
     assert "- nlvr2, full, dual / dide" not in text  # 45 vs 40 with zero spread: a clear gain
+
+
+def test_protocol_settings_are_whole_one_row_per_leaf(tmp_path: Path) -> None:
+    long_path = "/data/" + "very-long-folder/" * 20 + "vqa"
+    spec = {
+        "name": "paper",
+        "base": {"data": {"root": long_path}, "train": {"lr": 0.0001}},
+        "tasks": ["vqa", "nlvr2"],
+        "conditions": [{"name": "full", "fraction": None}, {"name": "low|shot", "fraction": 0.1}],
+        "methods": {"none": {"method": {"name": "none"}}},
+        "roots": {},
+    }
+    _write(tmp_path, _rows()[:3])
+    (tmp_path / "protocol.json").write_text(json.dumps(spec))
+    text = write_report(tmp_path).read_text()
+    rows = text.split("Protocol settings (`protocol.json`):\n\n")[1].split("\n\n")[0].splitlines()
+    assert rows == [
+        "| setting | value |",
+        "| --- | --- |",
+        '| `name` | "paper" |',
+        f'| `base.data.root` | "{long_path}" |',
+        "| `base.train.lr` | 0.0001 |",
+        '| `tasks` | ["vqa", "nlvr2"] |',
+        '| `conditions[0].name` | "full" |',
+        "| `conditions[0].fraction` | null |",
+        '| `conditions[1].name` | "low\\|shot" |',
+        "| `conditions[1].fraction` | 0.1 |",
+        '| `methods.none.method.name` | "none" |',
+        "| `roots` | {} |",
+    ]
+
+
+def _cells(values: dict[tuple[str, str, float | None, str], list[float]], ms: float | None = None) -> list:
+    """Cells of task vqa from ``(condition, split, fraction, student/method) -> values over seeds``."""
+    rows = []
+    for (condition, split, fraction, column), seeds in values.items():
+        student, method = column.split("/")
+        for seed, value in enumerate(seeds):
+            rows.append(
+                {
+                    "task": "vqa",
+                    "condition": condition,
+                    "method": method,
+                    "student": student,
+                    "seed": seed,
+                    "metric": VQA,
+                    "value": value,
+                    "split": split,
+                    "fraction": fraction,
+                    "eval_ms_per_example": ms if ms is not None else MS[student],
+                }
+            )
+    return aggregate([ResultRow(**dict(r, label=r["method"])) for r in rows])
+
+
+def _errorbar_segments(ax) -> list[list[tuple[float, float, float]]]:
+    """Per error-bar container: ``(x, low, high)`` of each vertical bar, in point order."""
+    out = []
+    for container in ax.containers:
+        if isinstance(container, ErrorbarContainer):
+            (bars,) = container.lines[2]
+            out.append([(seg[0][0], seg[0][1], seg[1][1]) for seg in bars.get_segments()])
+    return out
+
+
+def test_lowshot_error_bars_stay_in_range_and_columns_are_dodged() -> None:
+    cells = _cells(
+        {
+            ("full", "eval", None, "fusion/none"): [95.0, 99.0, 100.0],  # mean 98, std 2.65: capped at 100
+            ("full", "eval", None, "fusion/clip_td"): [96.0, 98.0, 100.0],  # mean 98, std 2: whole
+            ("lowshot-0.1", "eval", 0.1, "fusion/none"): [0.0, 0.0, 6.0],  # mean 2, std 3.46: floored at 0
+            ("lowshot-0.1", "eval", 0.1, "fusion/clip_td"): [1.0, 2.0, 3.0],
+        }
+    )
+    fig = figure_lowshot("vqa", VQA, cells)
+    none, clip = _errorbar_segments(fig.axes[0])
+    std_none_full = statistics.stdev([95.0, 99.0, 100.0])
+    assert [(low, high) for _, low, high in none] == [(0.0, 2.0 + 12**0.5), (98.0 - std_none_full, 100.0)]
+    assert [(low, high) for _, low, high in clip] == [(1.0, 3.0), (96.0, 100.0)]
+    # the two columns sit either side of each fraction, symmetric on the log axis, never on top of each other
+    for (x_none, _, _), (x_clip, _, _), fraction in zip(none, clip, (0.1, 1.0), strict=True):
+        assert x_none < fraction < x_clip
+        assert math.log10(fraction / x_none) == pytest.approx(math.log10(x_clip / fraction))
+        assert math.log10(x_clip / x_none) == pytest.approx(0.5 * 1.0 / 2)  # half the gap, over 2 columns
+    assert fig.texts[-1].get_text() == "Points: mean ± std over 3 seeds; error bars clipped to 0–100."
+
+
+def test_shift_bars_are_clipped_and_the_caption_gives_the_seed_range() -> None:
+    cells = _cells(
+        {
+            ("full", "eval", None, "fusion/none"): [99.0, 100.0, 100.0, 97.0],
+            ("shift", "shifted", None, "fusion/none"): [1.0, 0.0],
+        }
+    )
+    fig = figure_shift("vqa", VQA, cells)
+    in_domain, shifted = _errorbar_segments(fig.axes[0])
+    std = statistics.stdev([99.0, 100.0, 100.0, 97.0])
+    assert [(low, high) for _, low, high in in_domain] == [pytest.approx((99.0 - std, 100.0))]
+    assert [(low, high) for _, low, high in shifted] == [(0.0, 0.5 + statistics.stdev([1.0, 0.0]))]
+    assert fig.texts[-1].get_text() == (
+        "Points: mean ± std over 2–4 seeds (n per point: see the table); error bars clipped to 0–100."
+    )
+
+
+def test_dide_points_of_equal_cost_are_dodged() -> None:
+    cells = _cells(
+        {
+            ("full", "eval", None, "fusion/none"): [50.0],
+            ("full", "eval", None, "dual/none"): [40.0],
+            ("full", "eval", None, "dual/dide"): [45.0],
+        },
+        ms=2.0,
+    )
+    xs = [segments[0][0] for segments in _errorbar_segments(figure_dide("vqa", VQA, cells).axes[0])]
+    assert xs == pytest.approx([2.0 - 0.06, 2.0, 2.0 + 0.06])  # 3% of the widest cost apart, centred
+    assert dodge([1.0, 1.0, 5.0, 1.0], 0.5) == [0.5, 1.0, 5.0, 1.5]
+    assert dodge([0.1, 0.1], 0.2, log=True) == pytest.approx([0.1 / 10**0.1, 0.1 * 10**0.1])
+
+
+def test_error_bars_and_report_caption(report_dir: Path) -> None:
+    single = _cells({("full", "eval", None, "fusion/none"): [101.0]})  # out of range: no negative bar
+    assert error_bars(single) == [[0.0], [0.0]]
+    assert (
+        seeds_caption(single) == "Points: mean ± std over 1 seed (one seed: no error bar); error bars clipped to 0–100."
+    )
+    text = (report_dir / "report.md").read_text()
+    assert (
+        "![vqa: lowshot](vqa_lowshot.png)\n\n*Points: mean ± std over 1–3 seeds (n per point: see the table);" in text
+    )

@@ -113,36 +113,79 @@ def _format_validation(err: ValidationError, source: str) -> str:
     return f"{source}: {key}: {first['msg']}; fix: correct the value of '{key}'"
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, option: str | None = None) -> None:
+    """Set ``tree[a][b]... = value`` for ``dotted`` ``"a.b..."``; errors name ``option`` (the ``--set``)."""
+    option = option or f"--set {dotted}"
     node = tree
     *parents, leaf = dotted.split(".")
     for p in parents:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: '{p}' is not a section; fix: name a key inside a section")
+            raise ConfigError(f"{option}: '{p}' is not a section; fix: name a key inside a section")
     node[leaf] = value
 
 
-def parse_config(raw: Any, source: str = "config", overrides: list[str] | None = None) -> ExperimentConfig:
-    """Validate a config tree; ``overrides`` are ``key.path=value`` strings (values parsed as YAML)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections; fix: see configs/smoke.yaml")
-    for item in overrides or []:
+def _protocol_hint(raw: dict[str, Any], source: str) -> str | None:
+    """The one-line error for a protocol (or demo) file given where one experiment is expected, else None.
+
+    A protocol file has ``base`` and ``methods`` / ``tasks`` instead of ``data`` (see vldistill.protocol).
+    """
+    if "data" in raw or "base" not in raw or not {"methods", "tasks"} & raw.keys():
+        return None
+    if "demo_clip" in raw:
+        return f"{source} is the demo's protocol file, not one experiment; fix: run `vldistill demo --out DIR`"
+    return (
+        f"{source} is a protocol file (tasks x conditions x methods x seeds), not one experiment; "
+        f"fix: run it with `vldistill protocol {source} --out DIR`"
+    )
+
+
+def _overrides(items: list[str]) -> list[tuple[str, str, Any]]:
+    """``key.path=value`` strings as ``(option, key, parsed value)``; ``option`` is ``--set key=value``."""
+    parsed = []
+    for item in items:
+        option = f"--set {item}"
         if "=" not in item:
-            raise ConfigError(f"override '{item}' has no '='; fix: write key.path=value, e.g. train.epochs=1")
+            raise ConfigError(f"{option}: no '='; fix: write key.path=value, e.g. --set train.epochs=1")
         key, value = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(value)
+            parsed.append((option, key.strip(), yaml.safe_load(value)))
         except yaml.YAMLError as err:
             raise ConfigError(
-                f"override {key.strip()}: value {value!r} is not valid YAML "
-                f"({getattr(err, 'problem', err)}); fix: quote it or correct it"
+                f"{option}: value {value!r} is not valid YAML ({getattr(err, 'problem', err)}); "
+                "fix: quote it or correct it"
             ) from None
-        _set_path(raw, key.strip(), parsed)
+    return parsed
+
+
+def _blamed_override(err: ValidationError, overrides: list[tuple[str, str, Any]]) -> str | None:
+    """The ``--set`` option that set the key the first validation error is about (the last one wins)."""
+    loc = [str(p) for p in err.errors()[0]["loc"]]
+    for option, key, _ in reversed(overrides):
+        parts = key.split(".")
+        if loc[: len(parts)] == parts or parts[: len(loc)] == loc:
+            return option
+    return None
+
+
+def parse_config(raw: Any, source: str = "config", overrides: list[str] | None = None) -> ExperimentConfig:
+    """Validate a config tree; ``overrides`` are ``key.path=value`` strings (values parsed as YAML).
+
+    Errors name ``source``, or the ``--set`` option when the bad key is one an override set; a protocol
+    file is told apart from an experiment config and pointed to ``vldistill protocol``.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections; fix: see configs/smoke.yaml")
+    hint = _protocol_hint(raw, source)
+    if hint is not None:
+        raise ConfigError(hint)
+    parsed = _overrides(overrides or [])
+    for option, key, value in parsed:
+        _set_path(raw, key, value, option)
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation(err, source)) from None
+        raise ConfigError(_format_validation(err, _blamed_override(err, parsed) or source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

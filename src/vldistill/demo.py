@@ -19,13 +19,13 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
-from rich.console import Console
 
 from vldistill.config import PRESETS_DIR, _format_validation, cache_dir
+from vldistill.console import make_console
 from vldistill.errors import ConfigError
 
 CLIP_PLACEHOLDER = "@demo-clip"
-console = Console(stderr=True)
+console = make_console(stderr=True)
 
 
 def _substitute(tree: Any, old: str, new: str) -> Any:
@@ -78,6 +78,6 @@ def run_demo(out: Path, *, quick: bool = False, spec_path: Path | None = None, p
             indent=1,
         )
     )
-    Console().print(summary_table(out))
+    make_console().print(summary_table(out))
     console.print(f"report: {report} ({seconds} s)")
     return report

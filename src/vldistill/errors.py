@@ -14,6 +14,10 @@ class VldistillError(Exception):
 
     exit_code = 2
 
+    def lines(self) -> list[str]:
+        """The lines the CLI prints, each after ``error: ``: one per defect (usually one)."""
+        return [str(self)]
+
 
 class DataError(VldistillError):
     """A defect in a data file: names the file, the record, the problem and the fix.

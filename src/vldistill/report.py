@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,24 +161,48 @@ def _task_section(task: str, cells: Sequence[Cell], run_dir: Path) -> list[str]:
     if dide:
         out += ["DiDE: fusion teacher, plain dual encoder, distilled dual encoder (full):", "", dide, ""]
     for kind, plot in (("lowshot", plot_lowshot), ("shift", plot_shift), ("dide", plot_dide)):
-        if plot(task, metric, main, run_dir / f"{task}_{kind}.png"):
-            out += [f"![{task}: {kind}]({task}_{kind}.png)", ""]
+        caption = plot(task, metric, main, run_dir / f"{task}_{kind}.png")
+        if caption:
+            out += [f"![{task}: {kind}]({task}_{kind}.png)", "", f"*{caption}*", ""]
         else:  # nothing to plot now: drop the figure an earlier report may have left
             (run_dir / f"{task}_{kind}.png").unlink(missing_ok=True)
     out += ["Other metrics and cost:", "", secondary_table(own, metric), ""]
     return out
 
 
+def setting_rows(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` for every leaf of a settings tree, whole: nothing is cut short.
+
+    Mappings nest with ``.``, lists that hold mappings or lists with ``[i]``; other lists, scalars and
+    empty containers are leaves.
+
+    >>> list(setting_rows({"base": {"train": {"lr": 0.001}}, "tasks": ["vqa"], "conditions": [{"name": "full"}]}))
+    [('base.train.lr', 0.001), ('tasks', ['vqa']), ('conditions[0].name', 'full')]
+    """
+    if isinstance(value, dict) and value:
+        for name, child in value.items():
+            yield from setting_rows(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list) and any(isinstance(child, dict | list) for child in value):
+        for index, child in enumerate(value):
+            yield from setting_rows(child, f"{key}[{index}]")
+    else:
+        yield key, value
+
+
 def _protocol_lines(run_dir: Path) -> list[str]:
+    """The protocol's settings (``protocol.json``), one table row per leaf setting, values whole."""
     path = run_dir / "protocol.json"
     try:
         spec = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError as err:
         raise DataError(path, None, f"malformed JSON ({err.msg})", "delete it; the report does not need it") from None
-    settings = spec.items() if isinstance(spec, dict) else []
-    body = [[f"`{key}`", json.dumps(value)[:200].replace("|", "\\|")] for key, value in settings]
-    table = markdown_table(["setting", "value"], body)
-    return ["Protocol settings (`protocol.json`):", "", table, ""] if body else []
+    if not isinstance(spec, dict) or not spec:
+        return []
+    body = [
+        [f"`{key}`".replace("|", "\\|"), json.dumps(value, ensure_ascii=False).replace("|", "\\|")]
+        for key, value in setting_rows(spec)
+    ]
+    return ["Protocol settings (`protocol.json`):", "", markdown_table(["setting", "value"], body), ""]
 
 
 def _overview(rows: Sequence[ResultRow], cells: Sequence[Cell], run_dir: Path) -> list[str]:

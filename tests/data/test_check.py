@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vldistill.data.check import check_dataset
+from vldistill.data.check import DatasetDefects, check_dataset
 
 VLDISTILL = Path(sys.executable).parent / "vldistill"
 
@@ -116,7 +117,52 @@ def test_empty_split(nlvr2_root: Path, data_error) -> None:
     data_error(lambda: check_dataset("nlvr2", nlvr2_root, "train"), file="nlvr2", record=None, problem="no records")
 
 
-def test_cli_reports_one_line_and_exits_2(vcr_root: Path, edit_jsonl) -> None:
+def test_every_defect_is_found_in_file_order(nlvr2_root: Path, edit_jsonl) -> None:
+    """Two bad annotation lines, a missing image and a corrupt one: four defects, none hidden by another."""
+    edit_jsonl(nlvr2_root / "train.json", 0, lambda row: row.update(label="yes"))
+    edit_jsonl(nlvr2_root / "train.json", 2, lambda row: row.update(sentence=""))
+    (nlvr2_root / "images" / "train" / "13" / "train-10171-0-img1.png").unlink()
+    (nlvr2_root / "images" / "train" / "13" / "train-10171-0-img0.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetDefects) as info:
+        check_dataset("nlvr2", nlvr2_root, "train")
+    found = [(Path(d.file).name, d.record, d.problem) for d in info.value.defects]
+    assert found == [
+        ("train.json", "line 1 (identifier train-10171-0-0)", "label is 'yes'"),
+        ("train.json", "line 3 (identifier train-2-1-0)", "field 'sentence' is empty"),
+        ("train-10171-0-img0.png", "image of identifier train-10171-0-1", found[2][2]),
+        ("train-10171-0-img1.png", "image of identifier train-10171-0-1", "image not found"),
+    ]
+    assert found[2][2].startswith("image cannot be read")
+    assert info.value.lines() == [str(d) for d in info.value.defects]
+    # the error itself is the first defect, so callers that expect one DataError still read it
+    assert (info.value.record, info.value.problem) == found[0][1:]
+
+
+def _nlvr2_without_images(root: Path, statements: int) -> Path:
+    rows = [{"identifier": f"dev-{k}-0-0", "sentence": "Two dogs.", "label": "True"} for k in range(statements)]
+    root.mkdir()
+    (root / "dev.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root
+
+
+def test_lines_stop_at_shown_then_count_the_rest(tmp_path: Path) -> None:
+    root = _nlvr2_without_images(tmp_path / "nlvr2", 13)  # 26 missing images
+    with pytest.raises(DatasetDefects) as info:
+        check_dataset("nlvr2", root, "dev", shown=20)
+    lines = info.value.lines()
+    assert len(info.value.defects) == 26 and len(lines) == 21
+    assert lines[0] == (
+        f"{root.absolute() / 'dev' / 'dev-0-0-img0.png'}: image of identifier dev-0-0-0: image not found; "
+        f"fix: download and extract the images into {root.absolute() / 'dev'}"
+    )
+    assert lines[-1] == (
+        "and 6 more defects (26 in all); fix: correct those above and run `vldistill data check` again, "
+        "or pass --show N"
+    )
+
+
+def test_cli_prints_every_defect_one_line_each_and_exits_2(vcr_root: Path, edit_jsonl) -> None:
+    edit_jsonl(vcr_root / "train.jsonl", 0, lambda row: row["question"].append([9]))
     edit_jsonl(vcr_root / "train.jsonl", 1, lambda row: row["question"].append([7]))
     result = subprocess.run(
         [str(VLDISTILL), "data", "check", "vcr", str(vcr_root), "--split", "train"],
@@ -125,6 +171,21 @@ def test_cli_reports_one_line_and_exits_2(vcr_root: Path, edit_jsonl) -> None:
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith(f"error: {vcr_root / 'train.jsonl'}: line 2 (annot_id train-1): question[5] refers")
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    assert lines[0].startswith(f"error: {vcr_root / 'train.jsonl'}: line 1 (annot_id train-0): question[")
+    assert lines[1].startswith(f"error: {vcr_root / 'train.jsonl'}: line 2 (annot_id train-1): question[5] refers")
+
+
+def test_cli_show_limits_the_lines(tmp_path: Path) -> None:
+    root = _nlvr2_without_images(tmp_path / "nlvr2", 3)  # 6 missing images
+    result = subprocess.run(
+        [str(VLDISTILL), "data", "check", "nlvr2", str(root), "--split", "dev", "--show", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 3
+    assert all(line.startswith("error: ") for line in lines)
+    assert lines[2].startswith("error: and 4 more defects (6 in all); fix:")

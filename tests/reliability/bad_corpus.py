@@ -39,11 +39,15 @@ from tiny_configs import tiny_tree
 
 @dataclass(frozen=True)
 class BadInput:
-    """One malformed input: ``build(folder)`` writes it and returns the CLI arguments that must fail."""
+    """One malformed input: ``build(folder)`` writes it and returns the CLI arguments that must fail.
+
+    ``lines``: how many ``error:`` lines it gives (``data check`` prints one per defective record).
+    """
 
     name: str
     build: Callable[[Path], list[str]]
     expect: Callable[[Path], tuple[str, ...]]
+    lines: int = 1
 
 
 def _check(task: str, split: str = "train") -> Callable[[Path], list[str]]:
@@ -57,13 +61,14 @@ def _data_case(
     breaks: Callable[[Path], None],
     expect: Callable[[Path], tuple[str, ...]],
     split: str = "train",
+    lines: int = 1,
 ) -> BadInput:
     def build(folder: Path) -> list[str]:
         root = write(folder / task)
         breaks(root)
         return _check(task, split)(root)
 
-    return BadInput(name, build, lambda folder: expect(folder / task))
+    return BadInput(name, build, lambda folder: expect(folder / task), lines)
 
 
 def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -294,6 +299,7 @@ DATA_CASES: list[BadInput] = [
         write_vcr,
         lambda r: truncate(_vcr_meta(r), 0.5),
         lambda r: (_vcr_meta(r).name, "train.jsonl line 1 (annot_id train-0)", "truncated"),
+        lines=2,  # both records use the broken metadata file
     ),
     _data_case(
         "vcr-metadata-box-count",
@@ -301,6 +307,7 @@ DATA_CASES: list[BadInput] = [
         write_vcr,
         _mutate_meta(lambda m: m["boxes"].pop()),
         lambda r: (_vcr_meta(r).name, "annot_id train-0", "has 2 boxes and 3 names"),
+        lines=2,  # both records use the broken metadata file
     ),
     _data_case(
         "vcr-missing-image",
@@ -467,7 +474,7 @@ CONFIG_CASES: list[BadInput] = [
     BadInput(
         "config-override-without-equals",
         lambda f: ["plan", "--preset", "smoke", "--set", "train.epochs"],
-        lambda f: ("override 'train.epochs' has no '='",),
+        lambda f: ("--set train.epochs: no '='",),
     ),
 ]
 

@@ -229,14 +229,15 @@ def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     return CliResult(code, captured.out, captured.err)
 
 
-def assert_one_line_error(result: CliResult, expect: tuple[str, ...]) -> str:
-    """Exit 2, exactly one stderr line, no traceback, and every expected string on that line."""
+def assert_one_line_error(result: CliResult, expect: tuple[str, ...], count: int = 1) -> str:
+    """Exit 2, ``count`` stderr lines (one per defect, default one), each ``error: ...``, no traceback,
+    and every expected string on the first line."""
     assert result.code == 2, (result.code, result.out[-2000:], result.err[-2000:])
     assert "Traceback" not in result.err + result.out
     lines = result.err.splitlines()
-    assert len(lines) == 1, result.err
+    assert len(lines) == count, result.err
+    assert all(line.startswith("error: ") for line in lines)
     line = lines[0]
-    assert line.startswith("error: ")
     for part in expect:
         assert part in line, f"{part!r} not in {line!r}"
     return line

@@ -41,7 +41,7 @@ from vldistill.errors import DataError
 def test_bad_input_exits_2_with_one_clear_line(case: BadInput, tmp_path: Path, monkeypatch, capsys) -> None:
     folder = tmp_path / "case"
     args = case.build(folder)
-    assert_one_line_error(run_cli(args, monkeypatch, capsys), case.expect(folder))
+    assert_one_line_error(run_cli(args, monkeypatch, capsys), case.expect(folder), case.lines)
 
 
 def test_corpus_covers_every_format() -> None:
@@ -59,7 +59,7 @@ def test_console_script_prints_the_same_one_line(name: str, tmp_path: Path) -> N
     folder = tmp_path / "case"
     args = case.build(folder)
     proc = subprocess.run([sys.executable, "-m", "vldistill", *args], capture_output=True, text=True, timeout=120)
-    assert_one_line_error(CliResult(proc.returncode, proc.stdout, proc.stderr), case.expect(folder))
+    assert_one_line_error(CliResult(proc.returncode, proc.stdout, proc.stderr), case.expect(folder), case.lines)
 
 
 # ---------------------------------------------------------------------------------------- skip_bad

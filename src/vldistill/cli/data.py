@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from vldistill.console import make_console
 
 app = typer.Typer(
     help="Validate datasets in their official layouts; generate the embedded world.", no_args_is_help=True
 )
-console = Console()
+console = make_console()
 
 
 @app.command("check")
@@ -19,11 +20,12 @@ def check(
     task: Annotated[str, typer.Argument(help="vqa, snli_ve, vcr or nlvr2")],
     root: Annotated[Path, typer.Argument(help="dataset root, laid out as the publisher distributes it")],
     split: Annotated[str, typer.Option(help="split name, e.g. train2014 (vqa), train, dev, val")] = "train",
+    show: Annotated[int, typer.Option(help="print at most this many defects, then count the rest", min=1)] = 20,
 ) -> None:
-    """Validate a dataset: print its counts, or exit 2 naming the file, the record and the fix."""
+    """Validate a dataset: print its counts, or exit 2 with one line per defect (file, record, fix)."""
     from vldistill.data.check import check_dataset
 
-    counts = check_dataset(task, root, split)
+    counts = check_dataset(task, root, split, shown=show)
     console.print(f"{task} {split} at {root}: ok")
     for name, value in counts.items():
         console.print(f"  {name}: {value}")

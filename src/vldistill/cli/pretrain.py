@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from vldistill.cli.train import OverwriteOpt, ResumeOpt, run_interruptible
+from vldistill.console import make_console
 from vldistill.errors import ConfigError
 
-console = Console()
+console = make_console()
 
 
 def pretrain_command(

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from vldistill.cli.train import ConfigArg, PresetOpt, SetOpt, resolve_config
+from vldistill.console import make_console
 
-console = Console()
+console = make_console()
 cache_app = typer.Typer(help="The teacher-output cache.", no_args_is_help=True)
 
 

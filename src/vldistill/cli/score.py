@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from vldistill.console import make_console
 from vldistill.metrics.files import check_coverage, gold_labels
 
 app = typer.Typer(help="Score predictions with the official metrics of each task.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 Root = Annotated[Path, typer.Argument(help="dataset root, laid out as the publisher distributes it")]
 Predictions = Annotated[Path, typer.Option(help='predictions file: {"id": ..., "prediction": ...} per line')]

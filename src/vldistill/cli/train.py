@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 
+from vldistill.console import make_console
 from vldistill.errors import ConfigError
 
 if TYPE_CHECKING:
     from vldistill.config import ExperimentConfig
 
-console = Console()
+console = make_console()
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="experiment YAML (or use --preset)")]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="a preset shipped in configs/, e.g. smoke")]

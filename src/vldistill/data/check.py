@@ -1,8 +1,11 @@
 """``vldistill data check``: read a dataset strictly, open every image, and count what is there.
 
 The readers already reject every annotation defect; this adds what they skip for speed: each
-referenced image exists, decodes, and is not absurdly large (a decompression bomb). The first defect
-raises a :class:`~vldistill.errors.DataError` naming the image and the record that refers to it.
+referenced image exists, decodes, and is not absurdly large (a decompression bomb). Every defective
+record and image is found, not only the first: a user fixing a download sees the whole list at once.
+They are raised together as :class:`DatasetDefects`, whose lines the CLI prints one per defect (the
+first ``MAX_SHOWN``, then a count of the rest). A file-level defect (a missing or unparsable
+annotation file) stops the check at once, as a plain :class:`~vldistill.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,37 @@ from pathlib import Path
 
 from PIL import Image
 
-from vldistill.data.readers import read_task
+from vldistill.data.readers import read_task_report
 from vldistill.data.records import VE_LABELS, NLVR2Record, Record, SNLIVERecord, VCRRecord, VQARecord
 from vldistill.errors import DataError
 
 MAX_MEGAPIXELS = 40
 """Images above this many megapixels are refused: no dataset of these tasks has them (decompression bomb)."""
+MAX_SHOWN = 20
+"""How many defects ``vldistill data check`` prints before it only counts the rest."""
+
+
+class DatasetDefects(DataError):
+    """Every defect found in a dataset (at least one). Its own fields are the first defect's.
+
+    ``lines()`` gives one line per defect, the first ``shown`` of them, then ``"and N more ..."``.
+    """
+
+    def __init__(self, defects: list[DataError], shown: int = MAX_SHOWN) -> None:
+        first = defects[0]
+        super().__init__(first.file, first.record, first.problem, first.fix)
+        self.defects = defects
+        self.shown = shown
+
+    def lines(self) -> list[str]:
+        lines = [str(defect) for defect in self.defects[: self.shown]]
+        hidden = len(self.defects) - len(lines)
+        if hidden:
+            lines.append(
+                f"and {hidden} more defects ({len(self.defects)} in all); "
+                "fix: correct those above and run `vldistill data check` again, or pass --show N"
+            )
+        return lines
 
 
 def _image_problem(path: Path) -> tuple[str, str] | None:
@@ -64,8 +92,11 @@ def _images(record: Record) -> tuple[str, list[Path]]:
     return f"identifier {record.identifier}", [record.left_image, record.right_image]
 
 
-def check_images(records: Iterable[Record]) -> int:
-    """Open every distinct image the records refer to; return how many; raise on the first defect."""
+def check_images(records: Iterable[Record]) -> tuple[int, list[DataError]]:
+    """Open every distinct image the records refer to: how many, and one DataError per defective image.
+
+    Each error names the image and the first record (in file order) that refers to it.
+    """
     first_user: dict[Path, str] = {}
     for record in records:
         name, paths = _images(record)
@@ -74,10 +105,13 @@ def check_images(records: Iterable[Record]) -> int:
     paths = list(first_user)
     # Decoding releases the GIL, so threads overlap the I/O and decoding of many small images.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for path, problem in zip(paths, pool.map(_image_problem, paths), strict=True):
-            if problem is not None:
-                raise DataError(path, f"image of {first_user[path]}", *problem)
-    return len(paths)
+        problems = list(pool.map(_image_problem, paths))
+    defects = [
+        DataError(path, f"image of {first_user[path]}", *problem)
+        for path, problem in zip(paths, problems, strict=True)
+        if problem is not None
+    ]
+    return len(paths), defects
 
 
 def _counts(task: str, records: list[Record]) -> dict[str, int]:
@@ -101,14 +135,19 @@ def _counts(task: str, records: list[Record]) -> dict[str, int]:
     return {"labels.True": labels[True], "labels.False": labels[False], "labels.missing": labels[None]}
 
 
-def check_dataset(task: str, root: Path, split: str) -> dict[str, int]:
-    """Validate ``split`` of ``task`` under ``root``: annotations, then every image.
+def check_dataset(task: str, root: Path, split: str, *, shown: int = MAX_SHOWN) -> dict[str, int]:
+    """Validate ``split`` of ``task`` under ``root``: every annotation record, then every image.
 
     Returns counts: ``records``, ``images`` (distinct image files) and task-specific ones, e.g.
-    ``answers`` for vqa, ``labels.entailment`` ... for snli_ve. Raises DataError on the first defect.
+    ``answers`` for vqa, ``labels.entailment`` ... for snli_ve. Raises :class:`DatasetDefects` listing
+    every defective record (annotation defects in file order, then defective images; ``shown`` of them
+    are printed), or a DataError for a file-level defect or an empty split.
     """
-    records = read_task(task, Path(root), split)
+    records, skipped = read_task_report(task, Path(root), split)
+    images, image_defects = check_images(records)
+    defects = skipped.errors + image_defects
+    if defects:
+        raise DatasetDefects(defects, shown)
     if not records:
         raise DataError(root, None, f"split '{split}' has no records", "point to a non-empty dataset")
-    counts = {"records": len(records), "images": check_images(records)}
-    return counts | _counts(task, records)
+    return {"records": len(records), "images": images} | _counts(task, records)

@@ -5,8 +5,15 @@ Layout (as github.com/lil-lab/nlvr distributes ``nlvr2/data`` and the image arch
     ROOT/<split>.json                     split: train, dev, test1; one JSON object per line with
                                           identifier "<split>-<set>-<pair>-<sentence>", sentence,
                                           label "True"/"False", directory (train only), left_url, ...
-    ROOT/images/<split>/<directory>/<split>-<set>-<pair>-img0.png   and -img1.png  (train)
-    ROOT/images/<split>/<split>-<set>-<pair>-img0.png               and -img1.png  (dev, test1)
+    ROOT/images/train/<directory>/train-<set>-<pair>-img0.png   and -img1.png   (train_img.zip)
+    ROOT/dev/dev-<set>-<pair>-img0.png                          and -img1.png   (dev_img.zip)
+    ROOT/test1/test1-<set>-<pair>-img0.png                      and -img1.png   (test1_img.zip)
+
+The image archives the NLVR2 authors hand out extract as shown: train under ``images/train/``, dev and
+test1 at the top (ViLT's DATA.md documents the same tree). Either folder, ``images/<split>/`` or
+``<split>/``, is accepted for every split: the first that exists is used, else the one its archive
+creates (so a "not found" names where the archive should go). Image file names are built from the
+validated identifier and directory only, so no record can point outside the image folder.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from vldistill.data.readers.jsonio import (
     skip_or_raise,
 )
 from vldistill.data.records import NLVR2Record
-from vldistill.errors import DataError
+from vldistill.errors import ConfigError, DataError
 
 LABELS = {"True": True, "False": False}
 
@@ -32,6 +39,19 @@ LABELS = {"True": True, "False": False}
 def annotations_path(root: Path, split: str) -> Path:
     """The JSON Lines file of ``split`` (``train``, ``dev``, ``test1``)."""
     return root / f"{split}.json"
+
+
+def images_folder(root: Path, split: str) -> Path:
+    """The folder of ``split``'s images: ``images/<split>/`` or ``<split>/``, the first that exists.
+
+    When neither exists, the one the split's official archive extracts to: ``images/train/`` for train,
+    ``<split>/`` for dev and test1.
+    """
+    candidates = (root / "images" / split, root / split)
+    existing = [folder for folder in candidates if folder.is_dir()]
+    if existing:
+        return existing[0]
+    return candidates[0] if split == "train" else candidates[1]
 
 
 def _record(fields: Fields, images: Path, split: str) -> NLVR2Record:
@@ -73,7 +93,9 @@ def read_nlvr2(
     ``skip_bad`` skips defective lines instead of raising; the reasons go into ``report``.
     """
     root = Path(root).absolute()
-    images = root / "images" / split
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
+        raise ConfigError(f"NLVR2 split '{split}' is not a plain name; fix: use train, dev, test1 or test2")
+    images = images_folder(root, split)
     path = require_file(annotations_path(root, split), f"NLVR2 file of split '{split}'", "*.json")
     records: list[NLVR2Record] = []
     for number, raw in iter_jsonl(path):
