@@ -1,4 +1,4 @@
-"""``vldistill.plan.render_plan`` on the command line's console: whole lines when not a terminal."""
+"""The command line's console (``vldistill.console``): whole lines when not a terminal (e.g. a plan in a log)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_render_plan_keeps_long_lines_whole_off_a_terminal(
     assert lines[1] == f"student {student}"
     row = next(line for line in lines if "feature/clip/image" in line)
     assert all(str(value) in row for value in link.values()) and " - " in row
-    assert lines[-2:] == ["loss terms on one batch {'task': 1.5}", "parameters s: 1"]
+    assert lines[-2:] == ["  task 1.5", "parameters s: 1"]
 
 
 def test_columns_in_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
