@@ -13,13 +13,13 @@ from vldistill import demo_teachers
 from vldistill.data.readers.vqa import read_vqa
 from vldistill.data.world import generate_world
 from vldistill.demo_teachers import (
-    clip_loss,
     ensure_demo_clip,
     load_caption_pairs,
     pretrain_clip,
     retrieval_accuracy,
     zero_shot_vqa,
 )
+from vldistill.distill.contrastive import clip_loss
 from vldistill.errors import ConfigError, DataError
 from vldistill.models.teachers.base import weights_digest
 from vldistill.models.teachers.clip import CLIPTeacher, small_clip_config
@@ -72,7 +72,7 @@ def test_saved_teacher_loads_and_beats_its_initialisation(world: Path, trained: 
     teacher = build_teacher(TeacherConfig(kind="clip", pretrained=str(directory)))
     assert isinstance(teacher, CLIPTeacher)
     assert teacher.processor.image_size == (32, 32)
-    pixels, ids, mask = load_caption_pairs(world, teacher.processor)
+    pixels, ids, mask, _ = load_caption_pairs(world, teacher.processor)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY["seed"])  # the initialisation pretrain_clip started from
         config = small_clip_config(
@@ -106,14 +106,14 @@ def test_same_seed_gives_the_same_weights(world: Path, trained: tuple[Path, dict
 
 def test_max_pairs_takes_a_subset(world: Path, trained: tuple[Path, dict[str, Any]]) -> None:
     teacher = CLIPTeacher.from_pretrained(trained[0])
-    pixels, ids, mask = load_caption_pairs(world, teacher.processor, max_pairs=40)
+    pixels, ids, mask, _ = load_caption_pairs(world, teacher.processor, max_pairs=40)
     assert pixels.shape == (40, 3, 32, 32)
     assert ids.shape == mask.shape and ids.shape[0] == 40
 
 
 def test_retrieval_chance_averages_over_ragged_batches(trained: tuple[Path, dict[str, Any]], world: Path) -> None:
     teacher = CLIPTeacher.from_pretrained(trained[0])
-    pixels, ids, mask = load_caption_pairs(world, teacher.processor, max_pairs=100)
+    pixels, ids, mask, _ = load_caption_pairs(world, teacher.processor, max_pairs=100)
     accuracy, chance = retrieval_accuracy(teacher.model, pixels, ids, mask, batch_size=64)
     assert chance == pytest.approx(2 / 100)  # batches of 64 and 36: (64/64 + 36/36) / 100
     assert 0.0 <= accuracy <= 1.0

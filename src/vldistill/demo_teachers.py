@@ -33,7 +33,9 @@ from transformers import CLIPModel
 
 from vldistill.data.readers.vqa import read_vqa
 from vldistill.data.tasks import ExampleBuilder
+from vldistill.distill.contrastive import clip_loss, clip_loss_with_negatives, filip_loss, swap_word_negatives
 from vldistill.errors import ConfigError, DataError
+from vldistill.models.pooling import end_token_pool
 from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor
 from vldistill.models.teachers.clip import CLIPTeacher, small_clip_config
 from vldistill.models.teachers.text import minilm_tokenizer
@@ -43,7 +45,7 @@ CAPTION_STYLES: tuple[str, ...] = ("base", "shifted")
 HELD_OUT_FRACTION = 0.1
 RETRIEVAL_BATCH = 64
 SETTINGS_FILE = "demo_clip.json"
-TRAINING_VERSION = "1"
+TRAINING_VERSION = "2"
 """Bump whenever the training procedure changes, so cached teachers are retrained."""
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its learned temperature at 100
 
@@ -93,7 +95,8 @@ def load_caption_pairs(
     world_dir: Path, processor: Processor, *, max_pairs: int | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every style's caption pairs, decoded once: ``pixels`` ``(N, 3, H, W)``, ``input_ids`` and
-    ``attention_mask`` ``(N, L)`` (L the longest caption). With ``max_pairs``, a seeded random subset."""
+    ``attention_mask`` ``(N, L)`` (L the longest caption), and the ``N`` captions. With ``max_pairs``, a
+    seeded random subset."""
     pairs = [(image, text, f) for f in caption_files(world_dir) for image, text in read_captions(f)]
     if max_pairs is not None and max_pairs < len(pairs):
         keep = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:max_pairs])
@@ -106,29 +109,38 @@ def load_caption_pairs(
             for i in range(0, len(pairs), 512)
         ]
     )
-    input_ids, attention_mask, _ = processor.tokenize([t for _, t, _ in pairs])
-    return pixels, input_ids, attention_mask
+    texts = [t for _, t, _ in pairs]
+    input_ids, attention_mask, _ = processor.tokenize(texts)
+    return pixels, input_ids, attention_mask, texts
 
 
-def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric InfoNCE: mean of image->text and text->image cross-entropy.
+def _encode(
+    model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *, tokens: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Unit-norm image and text embeddings ``(B, E)``; texts cut to the batch's longest (less compute).
 
-    ``image_embeds``, ``text_embeds``: ``(B, E)`` unit norm, row i of each a matching pair;
-    ``logit_scale``: scalar log of the inverse temperature.
+    With ``tokens``, also the unit-norm patch embeddings ``(B, P, E)`` (post-layernorm patch tokens
+    through the visual projection, as :class:`CLIPTeacher` gives them), the token embeddings
+    ``(B, L, E)`` and the mask ``(B, L)`` of the real words (no [CLS], [SEP] or padding).
     """
-    logits = logit_scale.exp() * image_embeds @ text_embeds.T
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    length = int(mask.sum(dim=1).max())
+    ids, mask = ids[:, :length], mask[:, :length]
+    vision = model.vision_model(pixel_values=pixels)
+    text = model.text_model(input_ids=ids, attention_mask=mask)
+    image_embeds = F.normalize(model.visual_projection(vision.pooler_output), dim=-1)
+    text_embeds = F.normalize(model.text_projection(end_token_pool(text.last_hidden_state, mask)), dim=-1)
+    if not tokens:
+        return image_embeds, text_embeds
+    patches = model.visual_projection(model.vision_model.post_layernorm(vision.last_hidden_state[:, 1:]))
+    words = model.text_projection(text.last_hidden_state)
+    real = mask.bool() & (ids != model.config.text_config.eos_token_id)
+    real[:, 0] = False
+    return image_embeds, text_embeds, F.normalize(patches, dim=-1), F.normalize(words, dim=-1), real
 
 
 def _embed(model: CLIPModel, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Unit-norm image and text embeddings ``(B, E)``; texts cut to the batch's longest (less compute)."""
-    length = int(mask.sum(dim=1).max())
-    image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
-    text = model.text_projection(
-        model.text_model(input_ids=ids[:, :length], attention_mask=mask[:, :length]).pooler_output
-    )
-    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    """Unit-norm image and text embeddings ``(B, E)`` (see :func:`_encode`)."""
+    return _encode(model, pixels, ids, mask)
 
 
 @torch.no_grad()
@@ -199,6 +211,40 @@ def _schedule(total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _contrastive_step(
+    model: CLIPModel,
+    pixels: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    token_loss_weight: float,
+    negative_ids: torch.Tensor | None,
+    negative_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """One batch's loss: CLIP's InfoNCE (+ FILIP's, weighted), each with the hard negatives if given."""
+    image, text, patches, words, real = _encode(model, pixels, ids, mask, tokens=True)
+    scale = model.logit_scale
+    if negative_ids is None:
+        loss = clip_loss(image, text, scale)
+        if token_loss_weight:
+            loss = loss + token_loss_weight * filip_loss(patches, words, real, scale)
+        return loss
+    assert negative_mask is not None
+    length = int(negative_mask.sum(dim=1).max())
+    negative = model.text_model(input_ids=negative_ids[:, :length], attention_mask=negative_mask[:, :length])
+    negative_embeds = F.normalize(
+        model.text_projection(end_token_pool(negative.last_hidden_state, negative_mask[:, :length])), dim=-1
+    )
+    loss = clip_loss_with_negatives(image, text, negative_embeds, scale)
+    if token_loss_weight:
+        negative_words_ = F.normalize(model.text_projection(negative.last_hidden_state), dim=-1)
+        negative_real = negative_mask[:, :length].bool() & (
+            negative_ids[:, :length] != model.config.text_config.eos_token_id
+        )
+        negative_real[:, 0] = False
+        loss = loss + token_loss_weight * filip_loss(patches, words, real, scale, negative_words_, negative_real)
+    return loss
+
+
 def pretrain_clip(
     world_dir: Path,
     out_dir: Path,
@@ -216,9 +262,17 @@ def pretrain_clip(
     weight_decay: float = 0.05,
     seed: int = 0,
     max_pairs: int | None = None,
+    token_loss_weight: float = 1.0,
+    negative_words: Sequence[Sequence[str]] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train a small CLIP on the world's caption pairs and save it to ``out_dir`` as a CLIP teacher.
+
+    The loss is CLIP's InfoNCE on pooled embeddings plus ``token_loss_weight`` times FILIP's on
+    word-patch late interaction (``vldistill.distill.contrastive``), which gives the teacher the
+    word-to-region relevance CLIP-TD's token selection reads. With ``negative_words`` (groups of
+    interchangeable words, e.g. the world's colours and shapes), every caption also gets a hard
+    negative with one such word swapped, scored against its own image in both losses.
 
     Pairs of every style are pooled; 10% (seeded) are held out for the retrieval check. AdamW with
     linear warm-up and cosine decay; the result depends only on the arguments (and the thread count:
@@ -232,7 +286,12 @@ def pretrain_clip(
     out_dir = Path(out_dir)
     tokenizer = minilm_tokenizer()
     processor = Processor(tokenizer, image_size, DEFAULT_MEAN, DEFAULT_STD, max_length=max_length)
-    pixels, ids, mask = load_caption_pairs(world_dir, processor, max_pairs=max_pairs, seed=seed)
+    pixels, ids, mask, texts = load_caption_pairs(world_dir, processor, max_pairs=max_pairs, seed=seed)
+    negative_ids = negative_mask = None
+    if negative_words:
+        swapped = swap_word_negatives(texts, negative_words, np.random.default_rng(seed + 1))
+        negatives = [n if n is not None else t for n, t in zip(swapped, texts, strict=True)]
+        negative_ids, negative_mask, _ = processor.tokenize(negatives)
     n_held = max(1, round(len(pixels) * HELD_OUT_FRACTION))
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(pixels)))
     held, train = order[:n_held], order[n_held:]
@@ -270,8 +329,15 @@ def pretrain_clip(
                 total = 0.0
                 for step in range(steps_per_epoch):
                     rows = perm[step * batch_size : (step + 1) * batch_size]
-                    image, text = _embed(model, pixels[rows], ids[rows], mask[rows])
-                    loss = clip_loss(image, text, model.logit_scale)
+                    loss = _contrastive_step(
+                        model,
+                        pixels[rows],
+                        ids[rows],
+                        mask[rows],
+                        token_loss_weight,
+                        None if negative_ids is None else negative_ids[rows],
+                        None if negative_mask is None else negative_mask[rows],
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

@@ -41,6 +41,11 @@ class MethodConfig(BaseModel):
             weights only redistribute it across instances.
         logit_weight / temperature: logit KD from a fusion teacher (default 0, but 1 for dide's soft labels).
         attention_weight: DiDE's cross-modal attention KL weight.
+        relevance_weight / relevance_temperature / relevance_layer: feature methods with a CLIP teacher:
+            distil the teacher's word-to-patch relevance (softmax over patches of word-patch cosines at
+            this temperature) into the student's text-to-image attention of this layer (-1 = last,
+            ``k`` = layer ``k``, 1-based); ``vldistill.distill.relevance``. Default 0: off (not part of
+            the papers' objectives; reported as its own row).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -63,11 +68,19 @@ class MethodConfig(BaseModel):
     logit_weight: float | None = Field(None, ge=0)
     temperature: float = Field(1.0, gt=0)
     attention_weight: float = Field(1.0, ge=0)
+    relevance_weight: float = Field(0.0, ge=0)
+    relevance_temperature: float = Field(0.05, gt=0)
+    relevance_layer: int = Field(-1, ge=-1)
     max_words: int = Field(32, ge=1)
     max_candidates: int = Field(16, ge=2)
 
     @model_validator(mode="after")
     def _one_token_count(self) -> MethodConfig:
+        if self.relevance_layer == 0:
+            raise ConfigError(
+                "method.relevance_layer 0 names the embeddings, which have no attention; fix: use -1 (the last "
+                "layer) or a layer number from 1"
+            )
         if self.top_k is not None and self.ratio is not None:
             raise ConfigError(
                 f"method.top_k ({self.top_k}) and method.ratio ({self.ratio}) are both set, but they are two "

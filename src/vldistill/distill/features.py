@@ -46,6 +46,7 @@ from vldistill.distill.normalize import (
     make_target_norm,
     statistics_sample,
 )
+from vldistill.distill.relevance import relevance_terms
 from vldistill.distill.selection import head_mean_cls_scores, relevance, selection_mask
 from vldistill.distill.weighting import confidence_weights, constant_weights, global_mean, normalize_weights
 from vldistill.errors import ConfigError
@@ -316,6 +317,19 @@ class FeatureDistillation(Method):
             per_example = per_view.view(b, -1).mean(dim=1)
             modality = pair.term.rsplit("/", 1)[1]
             terms[f"feature/{pair.term}"] = self.modality_weight(modality) * weighted_feature_loss(per_example, weights)
+        if self.cfg.relevance_weight > 0:
+            views = tuple(ix.to(out.logits.device) for ix in self._views(batch))
+            per_teacher = relevance_terms(
+                out,
+                targets,
+                views,
+                layer=self.cfg.relevance_layer,
+                temperature=self.cfg.relevance_temperature,
+                max_words=self.cfg.max_words,
+            )
+            for name, per_view in per_teacher.items():
+                per_example = per_view.view(b, -1).mean(dim=1)
+                terms[f"relevance/{name}"] = self.cfg.relevance_weight * weighted_feature_loss(per_example, weights)
         if self.logit_weight > 0:
             for name, t in targets.items():
                 if "logits" in t:
@@ -337,6 +351,7 @@ class FeatureDistillation(Method):
             "feature_weight": c.feature_weight,
             "image_weight": c.image_weight,
             "text_weight": c.text_weight,
+            "relevance_weight": c.relevance_weight,
         }
 
 

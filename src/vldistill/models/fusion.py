@@ -256,6 +256,12 @@ class FusionStudent(nn.Module):
         cross = None
         if output_cross_attention:
             cross = cross_attention_from_joint(attn, text_mask, image_mask, n_text, n_image_prefix=1)
+
+        def layer_cross_attention(layer: int) -> CrossModalAttention:
+            if not 1 <= layer <= len(out.attentions):
+                raise ValueError(f"layer {layer} is not one of 1..{len(out.attentions)}")
+            return cross_attention_from_joint(out.attentions[layer - 1], text_mask, image_mask, n_text, 1)
+
         return StudentOutput(
             logits=logits,
             text_tokens=out.last_hidden_state[:, :n_text],
@@ -269,4 +275,5 @@ class FusionStudent(nn.Module):
             cross_attention=cross,
             text_hidden_states=tuple(h[:, :n_text] for h in out.hidden_states),
             image_hidden_states=tuple(h[:, n_text + 1 :] for h in out.hidden_states),
+            layer_cross_attention=layer_cross_attention,
         )

@@ -7,6 +7,7 @@ per example, ``T`` texts per example, ``L`` text tokens, ``P`` image tokens, ``D
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,9 @@ class StudentOutput:
             transformers' ``hidden_states`` (index 0 the embeddings, ``k`` the output of layer ``k``,
             before ViLT's final LayerNorm); None for students without per-layer tokens.
         image_hidden_states: likewise ``(B * V, P, D)`` for the image patch tokens (no [CLS]).
+        layer_cross_attention: fusion students: a function of the layer ``k`` (1-based) returning
+            that layer's :class:`CrossModalAttention` (computed on demand from the attention maps the
+            forward pass already holds); None for students without a joint attention.
     """
 
     logits: torch.Tensor
@@ -103,6 +107,7 @@ class StudentOutput:
     cross_attention: CrossModalAttention | None = None
     text_hidden_states: tuple[torch.Tensor, ...] | None = None
     image_hidden_states: tuple[torch.Tensor, ...] | None = None
+    layer_cross_attention: Callable[[int], CrossModalAttention] | None = None
 
 
 @dataclass
