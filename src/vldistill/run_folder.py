@@ -263,7 +263,7 @@ class RunFolder:
         if signum:
             if self._saved_at != pos.step:
                 self.save(pos)
-            raise Interrupted(pos.step, signum)
+            raise Interrupted(signum, step=pos.step)
 
     def epoch_rows(self) -> list[dict[str, Any]]:
         """The epoch rows of ``metrics.jsonl``, those of earlier attempts of a resumed run included."""
