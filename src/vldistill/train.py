@@ -36,7 +36,6 @@ from vldistill.engine import (
     finite_loss,
     make_accelerator,
     optimizer_step,
-    quiet_libraries,
 )
 from vldistill.evaluate import PRIMARY_METRIC, predict, score
 from vldistill.experiment import Built, DataBundle, build_models, load_data
@@ -162,7 +161,6 @@ def train(
         Interrupted: SIGINT or SIGTERM; a checkpoint of the step was saved first.
     """
     t0 = time.perf_counter()
-    quiet_libraries()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)

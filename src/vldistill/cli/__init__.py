@@ -126,10 +126,12 @@ def main() -> None:
 
     A signal ends it with one ``interrupted ...`` line (rank 0 of a DDP run only) and status 130 / 143.
     """
-    # transformers' load reports (e.g. a MiniLM pooler a teacher does not use) are noise for users of
-    # the command line; VLDISTILL_VERBOSE=1 shows them.
+    # transformers' load reports (e.g. a MiniLM pooler a teacher does not use) and its "Loading weights"
+    # progress bars (read by huggingface_hub and transformers when they are imported: every command
+    # imports them later) are noise for users of the command line; VLDISTILL_VERBOSE=1 shows them.
     if not os.environ.get("VLDISTILL_VERBOSE"):
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     previous = raise_on_stop_signals()
     try:
         status = _run()

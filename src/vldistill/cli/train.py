@@ -113,14 +113,12 @@ def eval_command(
     import torch
 
     from vldistill.data.loader import ExampleDataset, collate_fn
-    from vldistill.engine import quiet_libraries
     from vldistill.evaluate import predict, score, write_predictions
     from vldistill.experiment import load_data
     from vldistill.models.processing import Processor
     from vldistill.models.students import load_student
 
     cfg, student = resolve_eval_inputs(student, config, preset, set_)
-    quiet_libraries()
     data = load_data(cfg.data)
     model = load_student(student, task=data.task, max_text_len=cfg.student.max_text_len)
     processor = Processor.from_pretrained(student, max_length=cfg.student.max_text_len)

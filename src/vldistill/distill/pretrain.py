@@ -65,7 +65,6 @@ from vldistill.engine import (
     finite_loss,
     make_accelerator,
     optimizer_step,
-    quiet_libraries,
 )
 from vldistill.errors import ConfigError
 from vldistill.interrupt import ignore_stop_signals
@@ -220,7 +219,6 @@ def pretrain_dual(
     from vldistill.experiment import student_processor
 
     t0 = time.perf_counter()
-    quiet_libraries()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
