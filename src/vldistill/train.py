@@ -244,10 +244,7 @@ def train(
                 try:
                     terms = micro_step(model, batch, targets, accelerator, weight, sync=steps)
                 except NumericsError as err:
-                    raise NumericsError(
-                        f"step {pos.step + 1}: {err}; the last good checkpoint in {run.checkpoints} is "
-                        "intact; fix: lower train.lr or the term's weight, then --resume"
-                    ) from None
+                    raise run.non_finite(pos, err) from None
                 pos.batch += 1
                 seen += 1
                 for k, v in terms.items():

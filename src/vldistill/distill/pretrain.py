@@ -292,7 +292,7 @@ def pretrain_dual(
                     try:
                         loss = finite_loss(terms)
                     except NumericsError as err:
-                        raise NumericsError(f"step {pos.step + 1}: {err}; fix: lower train.lr, then --resume") from None
+                        raise run.non_finite(pos, err) from None
                     backward(accelerator, model, loss, 1.0, sync=True)
                 lr, grad_norm = optimizer_step(accelerator, model, optimizer, scheduler, tc.max_grad_norm)
                 pos.batch, pos.step, seen = pos.batch + 1, pos.step + 1, seen + 1
