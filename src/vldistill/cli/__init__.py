@@ -121,17 +121,27 @@ def _usage_error_line(err: Exception) -> str | None:
     return f"{message}; fix: see '{command} --help'"
 
 
+def _quiet_libraries() -> None:
+    """No load reports (e.g. a MiniLM pooler a teacher does not use) and no "Loading weights" bars from transformers.
+
+    Noise for users of the command line, in every command; ``VLDISTILL_VERBOSE=1`` keeps them. The
+    environment is what transformers and huggingface_hub read when imported (the commands import them
+    later); a caller that imported transformers before (a test, a notebook) is told directly.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
+
+
 def main() -> None:
     """The console script: run the command; user and usage errors become ``error:`` lines and exit 2.
 
     A signal ends it with one ``interrupted ...`` line (rank 0 of a DDP run only) and status 130 / 143.
     """
-    # transformers' load reports (e.g. a MiniLM pooler a teacher does not use) and its "Loading weights"
-    # progress bars (read by huggingface_hub and transformers when they are imported: every command
-    # imports them later) are noise for users of the command line; VLDISTILL_VERBOSE=1 shows them.
     if not os.environ.get("VLDISTILL_VERBOSE"):
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        _quiet_libraries()
     previous = raise_on_stop_signals()
     try:
         status = _run()
