@@ -73,8 +73,11 @@ def raise_on_stop_signals() -> dict[int, Any]:
 
     For the command line: SIGTERM's default would end the process silently (status -15 to a parent
     process), SIGINT's a plain ``KeyboardInterrupt`` that does not say which signal came.
-    Restore the returned handlers with :func:`restore_handlers`.
+    Restore the returned handlers with :func:`restore_handlers`. Outside the main thread (where Python
+    cannot install handlers) it changes nothing.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
     return {signum: signal.signal(signum, _raise_stop_signal) for signum in STOP_SIGNALS}
 
 
