@@ -29,7 +29,10 @@ def bench():
 
 def test_stamp_is_the_index_in_base_1024(bench):
     assert bench.SyntheticRows.stamp(torch.tensor([61, 1030, 2**20 + 5])).tolist() == [
-        [0.0, 0.0, 61.0], [0.0, 1.0, 6.0], [1.0, 0.0, 5.0]]
+        [0.0, 0.0, 61.0],
+        [0.0, 1.0, 6.0],
+        [1.0, 0.0, 5.0],
+    ]
 
 
 def test_run_summary_and_rows_read_back_as_written(bench, tmp_path):
@@ -66,8 +69,20 @@ def test_run_summary_and_rows_read_back_as_written(bench, tmp_path):
 
 def test_main_float32_keep_and_delete(bench, tmp_path, capsys):
     out = tmp_path / "summary.json"
-    kept = bench.main(["--size-gb", str(4 * MIB / 2**30), "--dir", str(tmp_path / "k"), "--fp32", "--keep",
-                       "--rows-per-shard", "4", "--json", str(out)])
+    kept = bench.main(
+        [
+            "--size-gb",
+            str(4 * MIB / 2**30),
+            "--dir",
+            str(tmp_path / "k"),
+            "--fp32",
+            "--keep",
+            "--rows-per-shard",
+            "4",
+            "--json",
+            str(out),
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert "timeline" not in printed and printed["read"] == kept["read"] and json.loads(out.read_text())["kept"]
     assert kept["cache"]["dtype"] == "float32" and kept["cache"]["bytes_per_example"] == 2 * 335872

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from vldistill.engine import AccumulationPlan
 from vldistill.errors import ConfigError
-from vldistill.interrupt import Interrupted, StopSignals
+from vldistill.interrupt import Interrupted, StopSignal, StopSignals
 from vldistill.progress import TrainProgress
 from vldistill.run_folder import Position, changed_keys, check_reuse, prepare, read_rows, trim_rows
 
@@ -127,12 +127,16 @@ def test_a_stop_signal_is_recorded_not_raised_and_the_handlers_come_back(signum,
         assert stop.requested() == 0
         os.kill(os.getpid(), signum)
         assert stop.requested() == signum  # recorded; the loop decides when to stop
-        with pytest.raises(KeyboardInterrupt):  # a second signal does not wait
+        with pytest.raises(StopSignal) as second:  # a second signal does not wait
             os.kill(os.getpid(), signum)
+        assert second.value.signum == signum and isinstance(second.value, KeyboardInterrupt)
     assert signal.getsignal(signum) is before
-    stopped = Interrupted(12, signum)
-    assert stopped.exit_code == code
-    assert str(stopped) == f"interrupted at step 12 ({signal.Signals(signum).name}); continue with --resume"
+    name = signal.Signals(signum).name
+    stopped = Interrupted(signum, step=12)
+    assert (stopped.exit_code, str(stopped)) == (code, f"interrupted at step 12 ({name})")
+    hinted = stopped.with_hint("continue with --resume")
+    assert (hinted.exit_code, str(hinted)) == (code, f"interrupted at step 12 ({name}); continue with --resume")
+    assert str(Interrupted(signum, hint="rerun it")) == f"interrupted ({name}); rerun it"
 
 
 # ---------------------------------------------------------------------------------------- progress

@@ -181,7 +181,8 @@ def test_corrupt_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys):
     assert _same(finished, _weights(run))  # redoing step 3 from step 2 gives the same weights
 
 
-def test_nan_loss_stops_with_step_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("nan_at", "kept"), [(4, ["step-00000002", "step-00000003"]), (1, [])])
+def test_a_nan_loss_stops_with_step_and_term_and_says_what_was_kept(nan_at, kept, tmp_path, monkeypatch):
     import vldistill.train as engine
 
     real_loss = engine.task_loss
@@ -190,16 +191,21 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_the_checkpoint(tmp_path, mo
     def loss(*args):
         seen["n"] += 1
         value = real_loss(*args)
-        return value * float("nan") if seen["n"] == 4 else value
+        return value * float("nan") if seen["n"] == nan_at else value
 
     monkeypatch.setattr(engine, "task_loss", loss)
     run = tmp_path / "run"
-    with pytest.raises(NumericsError, match=r"step 4: loss term\(s\) task not finite"):
+    with pytest.raises(NumericsError) as stop:
         train(_cfg(), run, show_progress=False)
     good = sorted((run / "checkpoints").glob("step-*"))
-    # epoch 1 ended at step 3 (checkpointed); the NaN came in the first step of epoch 2
-    assert [p.name for p in good] == ["step-00000002", "step-00000003"]
+    assert [p.name for p in good] == kept
     assert all(ckpt.verify(p) is None for p in good)
+    fix = "fix: lower train.lr or the term's weight, then rerun with --overwrite (--resume may not change them)"
+    if kept:  # epoch 1 ended at step 3 (checkpointed); the NaN came in the first step of epoch 2
+        kept_line = f"the last good checkpoint, {run / 'checkpoints' / kept[-1]}, is intact"
+    else:  # the very first step: nothing was saved
+        kept_line = "no checkpoint was written (none before step 1)"
+    assert str(stop.value) == f"step {nan_at}: loss term(s) task not finite; {kept_line}; {fix}"
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):

@@ -90,9 +90,12 @@ class _Shard:
         try:
             mapping = np.memmap(path, dtype=np.uint8, mode="r")
         except OSError as err:
-            raise DataError(path, None, f"cannot map cache shard ({err})",
-                            "raise the open-file limit (ulimit -n) or rebuild the cache with larger shards "
-                            "(cache.shard_size)") from err
+            raise DataError(
+                path,
+                None,
+                f"cannot map cache shard ({err})",
+                "raise the open-file limit (ulimit -n) or rebuild the cache with larger shards (cache.shard_size)",
+            ) from err
         for name, (start, end), dtype_name, shape in entries:
             dtype = _DTYPES.get(dtype_name)
             if dtype is None or base + end > size:

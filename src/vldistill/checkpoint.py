@@ -70,6 +70,11 @@ def _remove(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def checkpoint_dir(root: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives under ``root``: ``root/step-<step, 8 digits>``."""
+    return root / f"{PREFIX}{step:08d}"
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -83,7 +88,7 @@ def save_checkpoint(
     ``before_publish`` (tests) is called with the temporary folder just before the rename.
     """
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:08d}"
+    final = checkpoint_dir(root, step)
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -17,7 +17,6 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
-from transformers.utils import logging as hf_logging
 
 from vldistill.errors import VldistillError
 
@@ -62,11 +61,6 @@ def build_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=tc.lr, fused=True)
-
-
-def quiet_libraries() -> None:
-    """No transformers / hub progress bars ("Loading weights"): ours is the one to watch."""
-    hf_logging.disable_progress_bar()
 
 
 def make_accelerator(mixed_precision: str, out_dir: Path) -> Accelerator:

@@ -41,6 +41,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from vldistill import checkpoint as ckpt
+from vldistill.engine import NumericsError
 from vldistill.errors import ConfigError
 from vldistill.interrupt import Interrupted, StopSignals
 
@@ -257,13 +258,36 @@ class RunFolder:
         self.save(pos)
         self.stop_if_asked(pos)
 
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint this run wrote or resumed from; ``None`` before the first one."""
+        return None if self._saved_at < 0 else ckpt.checkpoint_dir(self.checkpoints, self._saved_at)
+
+    def non_finite(self, pos: Position, err: Exception) -> NumericsError:
+        """The error that stops the run when the loss of the step after ``pos`` is not finite (``err`` names the terms).
+
+        It says what is true of this run: the checkpoint that stays intact, or that none was written;
+        the fix is a new run (``--overwrite``), since a ``--resume`` may not change ``train.lr`` or a weight.
+        """
+        step = pos.step + 1
+        saved = self.last_checkpoint
+        kept = (
+            f"no checkpoint was written (none before step {step})"
+            if saved is None
+            else f"the last good checkpoint, {saved}, is intact"
+        )
+        return NumericsError(
+            f"step {step}: {err}; {kept}; fix: lower train.lr or the term's weight, then rerun with --overwrite "
+            "(--resume may not change them)"
+        )
+
     def stop_if_asked(self, pos: Position) -> None:
         """Raises ``Interrupted`` (after a checkpoint at ``pos``) if SIGINT or SIGTERM came."""
         signum = self.signals.requested(self.accelerator)
         if signum:
             if self._saved_at != pos.step:
                 self.save(pos)
-            raise Interrupted(pos.step, signum)
+            raise Interrupted(signum, step=pos.step)
 
     def epoch_rows(self) -> list[dict[str, Any]]:
         """The epoch rows of ``metrics.jsonl``, those of earlier attempts of a resumed run included."""

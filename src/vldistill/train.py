@@ -36,7 +36,6 @@ from vldistill.engine import (
     finite_loss,
     make_accelerator,
     optimizer_step,
-    quiet_libraries,
 )
 from vldistill.evaluate import PRIMARY_METRIC, predict, score
 from vldistill.experiment import Built, DataBundle, build_models, load_data
@@ -162,7 +161,6 @@ def train(
         Interrupted: SIGINT or SIGTERM; a checkpoint of the step was saved first.
     """
     t0 = time.perf_counter()
-    quiet_libraries()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -246,10 +244,7 @@ def train(
                 try:
                     terms = micro_step(model, batch, targets, accelerator, weight, sync=steps)
                 except NumericsError as err:
-                    raise NumericsError(
-                        f"step {pos.step + 1}: {err}; the last good checkpoint in {run.checkpoints} is "
-                        "intact; fix: lower train.lr or the term's weight, then --resume"
-                    ) from None
+                    raise run.non_finite(pos, err) from None
                 pos.batch += 1
                 seen += 1
                 for k, v in terms.items():

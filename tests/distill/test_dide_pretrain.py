@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tiny_configs import tiny_tree
 from transformers import ViltConfig, ViltForImageAndTextRetrieval, ViltForQuestionAnswering, ViltImageProcessorPil
 from typer.testing import CliRunner
@@ -308,3 +308,41 @@ def test_a_hub_style_retrieval_checkpoint_loads_and_another_head_is_refused(tmp_
     _vilt(ViltForQuestionAnswering, tmp_path / "vqa")
     with pytest.raises(ConfigError, match="not ViltForImageAndTextRetrieval"):
         load_itm_teacher(TeacherConfig(kind="fusion", pretrained=str(tmp_path / "vqa")))
+
+
+def test_an_itm_teacher_that_cannot_be_found_is_one_line_naming_its_key(tmp_path, monkeypatch) -> None:
+    import huggingface_hub
+    from huggingface_hub import constants as hub_constants
+
+    requests: list[str] = []
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kw: requests.append(url))
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError) as offline:
+        load_itm_teacher(TeacherConfig(kind="fusion", pretrained="nobody-vldistill/no-such-vilt"))
+    assert str(offline.value) == (
+        "teacher.pretrained 'nobody-vldistill/no-such-vilt' is not a local folder, and this hub id is not in the "
+        "Hugging Face cache while offline mode (HF_HUB_OFFLINE) is on; fix: --set teacher.pretrained=/local/dir "
+        "(a folder holding the checkpoint), or download it where the hub is reachable"
+    )
+    with pytest.raises(ConfigError) as missing:
+        load_itm_teacher(TeacherConfig(kind="fusion", pretrained=str(tmp_path / "nowhere")))
+    assert str(missing.value) == (
+        f"teacher.pretrained '{tmp_path / 'nowhere'}' is not a folder (nor a hub id); "
+        "fix: --set teacher.pretrained=/local/dir (a folder holding the checkpoint)"
+    )
+    assert requests == []
+
+
+def test_an_itm_teacher_whose_matching_head_is_missing_is_refused(tmp_path) -> None:
+    saved = _vilt(ViltForImageAndTextRetrieval, tmp_path / "itm")
+    weights = tmp_path / "itm" / "model.safetensors"
+    kept = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("rank_output.")}
+    assert len(kept) < len(saved.state_dict())
+    save_file(kept, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ConfigError) as err:
+        load_itm_teacher(TeacherConfig(kind="fusion", pretrained=str(tmp_path / "itm")))
+    assert str(err.value).startswith(
+        f"teacher.pretrained '{tmp_path / 'itm'}' lacks 2 weights (rank_output.bias, rank_output.weight), which "
+        "would start random; fix:"
+    )

@@ -12,9 +12,11 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RepositoryNotFoundError
+from tiny_configs import TINY_STUDENT
 
 from vldistill.errors import ConfigError
 from vldistill.models.loading import check_loaded_weights, checkpoint_model_type, resolve_pretrained
+from vldistill.models.students import StudentConfig, build_student, save_student, student_processor
 from vldistill.models.teachers import TeacherConfig, TinyTeacherConfig, build_teacher
 
 MISSING_HUB_ID = "nobody-vldistill/no-such-vilt"
@@ -143,3 +145,14 @@ def test_only_new_ok_prefixes_may_start_random() -> None:
     check_loaded_weights(head_only, "/m", "student.pretrained", new_ok=("classifier.",), fix="-")
     with pytest.raises(ConfigError, match=r"lacks 1 weights \(classifier.0.weight\) and holds 1 weights of another"):
         check_loaded_weights(head_only, "/m", "fusion teacher", fix="-")
+
+
+def test_a_home_relative_student_folder_gives_model_and_processor(tmp_path: Path, monkeypatch) -> None:
+    """``~/...`` is a folder for the processor too, not a hub id (both go through ``resolve_pretrained``)."""
+    tiny = StudentConfig(**TINY_STUDENT)
+    save_student(build_student(tiny, "snli_ve", 3), tmp_path / "home" / "student", student_processor(tiny))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = StudentConfig(pretrained="~/student")
+    assert build_student(cfg, "snli_ve", 3).config.hidden_size == 32
+    processor = student_processor(cfg)
+    assert processor.image_size == (32, 32) and processor.tokenizer.vocab_size == 30522

@@ -4,22 +4,60 @@ Every user-facing error (``VldistillError``) and every usage error (an unknown c
 missing argument) is printed on stderr as ``error: ...`` lines, one per defect, with exit status 2; anything
 else is a bug and keeps its traceback. ``vldistill`` alone, or a command group alone (``vldistill data``),
 prints its help and exits with status 2, as click does for a group called without a command (click >= 8.2).
+
+Ctrl-C (SIGINT) and SIGTERM end every command with one line on stderr, ``interrupted [at step N]
+(SIGINT); <how to continue>``, and the status of a death by that signal, 130 or 143, so that
+``vldistill train ... && vldistill eval ...`` stops there. A training loop first saves a checkpoint
+at the next step boundary (:mod:`vldistill.interrupt`); how to continue depends on the command
+(:data:`CONTINUE`).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from vldistill.errors import VldistillError
+from vldistill.interrupt import Interrupted, raise_on_stop_signals, restore_handlers
+
+CONTINUE = {
+    "train": "continue with --resume",
+    "pretrain": "continue with --resume",
+    # their runs resume from their own checkpoints and finished ones are skipped, without an option
+    "protocol": "rerun the same command to continue",
+    "demo": "rerun the same command to continue",
+}
+"""How an interrupted command continues, by command; the others (plan, eval, cache build...) simply start again."""
+
+
+class _Commands(TyperGroup):
+    """The root group: a command stopped by a signal becomes :class:`Interrupted` with its command's hint.
+
+    Typer turns a ``KeyboardInterrupt`` that leaves a command into a bare exit status 130 (silent, and
+    130 for SIGTERM too); catching it here, where the command's name is known, keeps the signal.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Interrupted as stop:
+            raise stop.with_hint(CONTINUE.get(ctx.invoked_subcommand or "", "")) from None
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", signal.SIGINT)
+            raise Interrupted(signum, hint=CONTINUE.get(ctx.invoked_subcommand or "", "")) from None
+
 
 app = typer.Typer(
     name="vldistill",
     help="Knowledge distillation for vision-language models: CLIP-TD, MAD, DiDE.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 
 # typer vendors click (typer._click) since 0.2x, earlier it imports it: `click.ClickException` matches only
@@ -83,18 +121,46 @@ def _usage_error_line(err: Exception) -> str | None:
     return f"{message}; fix: see '{command} --help'"
 
 
-def main() -> None:
-    """The console script: run the command; user and usage errors become ``error:`` lines and exit 2."""
-    import os
+def _quiet_libraries() -> None:
+    """No load reports (e.g. a MiniLM pooler a teacher does not use) and no "Loading weights" bars from transformers.
 
-    # transformers' load reports (e.g. a MiniLM pooler a teacher does not use) are noise for users of
-    # the command line; VLDISTILL_VERBOSE=1 shows them.
+    Noise for users of the command line, in every command; ``VLDISTILL_VERBOSE=1`` keeps them. The
+    environment is what transformers and huggingface_hub read when imported (the commands import them
+    later); a caller that imported transformers before (a test, a notebook) is told directly.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:
+        hf_logging.disable_progress_bar()
+
+
+def main() -> None:
+    """The console script: run the command; user and usage errors become ``error:`` lines and exit 2.
+
+    A signal ends it with one ``interrupted ...`` line (rank 0 of a DDP run only) and status 130 / 143.
+    """
     if not os.environ.get("VLDISTILL_VERBOSE"):
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        _quiet_libraries()
+    previous = raise_on_stop_signals()
+    try:
+        status = _run()
+    finally:
+        restore_handlers(previous)
+    if isinstance(status, int) and status:
+        sys.exit(status)
+
+
+def _run() -> Any:
+    """The command's status (``None`` or an int); errors printed, and ``SystemExit`` with their status."""
     try:
         # Not standalone, so that our errors reach the handlers below; click then *returns* the status
-        # of an Exit (--help, --version: 0; Ctrl-C: 130) instead of exiting.
-        status = app(standalone_mode=False)
+        # of an Exit (--help, --version: 0; typer.Exit(code): code) instead of exiting.
+        return app(standalone_mode=False)
+    except Interrupted as stop:
+        if os.environ.get("RANK", "0") == "0":  # every process of a DDP run stops; one says so
+            print(stop, file=sys.stderr)
+        sys.exit(stop.exit_code)
     except VldistillError as err:
         for line in err.lines():
             # a message may quote a library's multi-line text (transformers' hub errors): one line each
@@ -113,5 +179,3 @@ def main() -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    if isinstance(status, int) and status:
-        sys.exit(status)

