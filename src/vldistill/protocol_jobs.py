@@ -230,7 +230,8 @@ def _run_in_processes(matrix: Matrix, spec: ProtocolConfig, out: Path, jobs: int
                     try:
                         summary = future.result()
                     except Exception as err:  # the protocol stops; the runs in flight finish first
-                        console.print(f"{matrix.number(cell)} {cell.name}: failed")
+                        stop = "the protocol stops once the runs in flight finish" if running else "the protocol stops"
+                        console.print(f"{matrix.number(cell)} {cell.name}: failed; {stop}")
                         failure = failure or err
                         continue
                     _finish(matrix, cell, summary, results)
