@@ -12,7 +12,7 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     out = tmp_path / "demo"
     report = run_demo(out, quick=True)
     text = report.read_text()
-    for heading in ("vqa", "snli_ve", "Where distillation did not help"):
+    for heading in ("vqa", "snli_ve", "## What did not appear", "## What did appear", "### vqa: controls"):
         assert heading in text
     rows = read_results(out / "results.jsonl")
     runs = {(r["task"], r["condition"], r["label"]) for r in rows if r["split"] == "eval"}

@@ -9,7 +9,16 @@ import yaml
 from tiny_configs import TINY_STUDENT, tiny_tree
 
 from vldistill.errors import ConfigError
-from vldistill.protocol import ProtocolConfig, load_protocol, read_results, run_protocol
+from vldistill.protocol import (
+    Condition,
+    MethodEntry,
+    ProtocolConfig,
+    load_protocol,
+    read_results,
+    rows_of,
+    run_protocol,
+)
+from vldistill.protocol_jobs import Matrix, RunCell
 
 
 def _spec(**extra) -> ProtocolConfig:
@@ -104,6 +113,172 @@ def test_protocol_file_errors(tmp_path):
 def test_teacher_reference_to_a_run_that_does_not_exist(tmp_path):
     spec = _spec()
     spec.methods = {"dide": spec.methods["dide"]}
-    with pytest.raises(ConfigError, match="list the method it names earlier"):
+    with pytest.raises(ConfigError) as err:
         run_protocol(spec, tmp_path / "p")
+    final = tmp_path / "p/runs/snli_ve/full/none/seed0/final"
+    assert str(err.value) == (
+        f"teacher reference 'run:full/none/seed0' of snli_ve full dide seed 0: {final} does not exist; fix: list "
+        "the method it names in 'methods' (under that condition and seed) so that it runs first"
+    )
+    assert not (tmp_path / "p/results.jsonl").exists()  # checked before any run
     assert TINY_STUDENT["num_heads"] == 2  # the dual student shares the teacher's heads and patch grid
+
+
+def _summary(**extra) -> dict:
+    """A run summary as train.py writes it with dev selection and the image-shuffle control."""
+    breakdown = {"vqa_accuracy/answer_type/yes/no": 70.0, "vqa_accuracy/answer_type/other": 20.0}
+    return {
+        "task": "vqa",
+        "method": "kd",
+        "student": "fusion",
+        "train_examples": 150,
+        "steps": 40,
+        "primary_metric": "vqa_accuracy",
+        "seconds": 12.5,
+        "eval": {
+            "eval": {"vqa_accuracy": 45.0, **breakdown, "ms_per_example": 2.0},
+            "shifted": {"vqa_accuracy": 30.0, "ms_per_example": 2.5},
+            "eval:shuffled": {"vqa_accuracy": 33.0, "ms_per_example": 2.0},
+            "shifted:shuffled": {"vqa_accuracy": 28.0},
+        },
+        "dev": {"vqa_accuracy": 47.5, "vqa_accuracy/answer_type/other": 22.0},
+        "best_step": 30,
+        **extra,
+    }
+
+
+def test_rows_of_a_summary_with_controls_dev_and_breakdowns():
+    rows = rows_of(_summary(), "vqa", Condition(name="lowshot-0.1", fraction=0.1), "kd-l1", 2)
+    got = [(r["condition"], r["split"], r["control"], r["metric"], r["value"], r["eval_ms_per_example"]) for r in rows]
+    assert got == [
+        ("lowshot-0.1", "eval", None, "vqa_accuracy", 45.0, 2.0),
+        ("lowshot-0.1", "eval", None, "vqa_accuracy/answer_type/yes/no", 70.0, 2.0),
+        ("lowshot-0.1", "eval", None, "vqa_accuracy/answer_type/other", 20.0, 2.0),
+        ("shift", "shifted", None, "vqa_accuracy", 30.0, 2.5),
+        ("lowshot-0.1", "eval:shuffled", "shuffled", "vqa_accuracy", 33.0, 2.0),
+        ("shift", "shifted:shuffled", "shuffled", "vqa_accuracy", 28.0, None),
+    ]
+    assert rows[0] == {
+        "task": "vqa",
+        "condition": "lowshot-0.1",
+        "method": "kd",
+        "label": "kd-l1",
+        "student": "fusion",
+        "seed": 2,
+        "metric": "vqa_accuracy",
+        "value": 45.0,
+        "split": "eval",
+        "control": None,
+        "train_examples": 150,
+        "seconds": 12.5,
+        "fraction": 0.1,
+        "eval_ms_per_example": 2.0,
+        "dev": 47.5,
+        "best_step": 30,
+    }
+    assert {(r["dev"], r["best_step"]) for r in rows} == {(47.5, 30)}
+
+
+def test_rows_of_the_prior_and_of_an_old_summary():
+    prior = rows_of(_summary(student="prior", method="none"), "vqa", Condition(name="full"), "prior", 0)
+    assert {(r["method"], r["student"], r["label"]) for r in prior} == {("prior", "prior", "prior")}
+    old = _summary()
+    del old["dev"], old["best_step"]
+    old["eval"] = {"eval": {"vqa_accuracy": 45.0, "ms_per_example": 2.0}}
+    (row,) = rows_of(old, "vqa", Condition(name="full"), "kd", 0)
+    assert (row["dev"], row["best_step"], row["control"], row["method"]) == (None, None, None, "kd")
+
+
+def _cell(label: str, needs: tuple[str, ...] = (), seed: int = 0) -> RunCell:
+    keys = frozenset(("vqa", "full", need, 0) for need in needs)
+    return RunCell("vqa", Condition(name="full"), label, seed, keys)
+
+
+def test_matrix_starts_a_cell_after_the_runs_it_needs():
+    teacher, dide, other = _cell("none"), _cell("dide", ("none",)), _cell("kd", seed=1)
+    matrix = Matrix([teacher, dide, other], finished=set())
+    assert matrix.ready() == [teacher, other]  # dide waits for its teacher
+    matrix.start(teacher)
+    matrix.start(other)
+    assert matrix.ready() == []
+    matrix.finish(other)
+    assert matrix.ready() == []
+    matrix.finish(teacher)
+    assert matrix.ready() == [dide] and matrix.number(dide) == "[2/3]"
+    # a teacher run done in an earlier invocation counts as finished
+    assert Matrix([teacher, dide], finished={teacher.key}).ready() == [dide]
+
+
+def test_teacher_references_in_a_cycle_stop_before_any_run(tmp_path):
+    spec = _spec()
+
+    def taught_by(label: str) -> MethodEntry:
+        teacher = {"kind": "fusion", "pretrained": f"run:full/{label}/seed0"}
+        return MethodEntry(method={"name": "dide", "teachers": {"t": teacher}}, student={"kind": "dual"})
+
+    spec.methods = {"a": taught_by("b"), "b": taught_by("a")}
+    spec.conditions = spec.conditions[:1]
+    with pytest.raises(ConfigError) as err:
+        run_protocol(spec, tmp_path / "p")
+    assert str(err.value) == (
+        "teacher references of snli_ve full a seed 0, snli_ve full b seed 0 wait on each other; fix: make no run "
+        "take its teacher from a run that (directly or not) takes its teacher from it"
+    )
+
+
+def test_every_cell_config_is_checked_before_the_first_run(tmp_path):
+    spec = _spec()
+    spec.methods["prior"] = MethodEntry(method={"name": "kd"}, student={"kind": "prior"})
+    with pytest.raises(ConfigError, match="student.kind prior .* but method.name is 'kd'"):
+        run_protocol(spec, tmp_path / "p")
+    assert not (tmp_path / "p/results.jsonl").exists()
+
+
+def _small_spec(methods: dict, jobs: int = 1) -> ProtocolConfig:
+    base = tiny_tree("snli_ve", train={"threads": 1})
+    base.pop("method")
+    return ProtocolConfig.model_validate(
+        {"name": "j", "base": base, "tasks": ["snli_ve"], "shift": False, "methods": methods, "jobs": jobs}
+    )
+
+
+def _without_timings(rows: list[dict]) -> set[str]:
+    return {json.dumps({k: v for k, v in r.items() if k not in ("seconds", "eval_ms_per_example")}) for r in rows}
+
+
+def test_two_jobs_give_the_rows_of_one_and_a_dependent_run_waits(tmp_path):
+    methods = {
+        "none": {"method": {"name": "none"}},
+        "prior": {"student": {"kind": "prior"}},
+        "dide": {
+            "method": {"name": "dide", "teachers": {"vilt": {"kind": "fusion", "pretrained": "run:full/none/seed0"}}},
+            "student": {"kind": "dual"},
+        },
+    }
+    one = run_protocol(_small_spec(methods), tmp_path / "one")
+    two = run_protocol(_small_spec(methods, jobs=2), tmp_path / "two")
+    rows = read_results(two)
+    assert _without_timings(rows) == _without_timings(read_results(one))
+    assert {(r["label"], r["method"], r["student"]) for r in rows} == {
+        ("none", "none", "fusion"),
+        ("prior", "prior", "prior"),
+        ("dide", "dide", "dual"),
+    }
+    runs = tmp_path / "two/runs/snli_ve/full"
+    teacher_done = (runs / "none/seed0/summary.json").stat().st_mtime_ns
+    assert (runs / "dide/seed0/config.yaml").stat().st_mtime_ns >= teacher_done  # dide began after its teacher
+    order = [r["label"] for r in rows if r["metric"] == "accuracy"]
+    assert order.index("dide") > order.index("none")  # rows are appended as runs finish
+
+
+def test_a_failing_run_stops_the_protocol_with_its_error_and_the_others_finish(tmp_path):
+    missing = tmp_path / "no-such-checkpoint"
+    methods = {"none": {"method": {"name": "none"}}, "broken": {"student": {"pretrained": str(missing)}}}
+    with pytest.raises(ConfigError) as err:
+        run_protocol(_small_spec(methods, jobs=2), tmp_path / "p")
+    assert str(err.value).startswith(f"student.pretrained '{missing}' is not a folder")
+    assert {r["label"] for r in read_results(tmp_path / "p/results.jsonl")} == {"none"}  # ran beside it, kept
+    before = (tmp_path / "p/results.jsonl").read_text()
+    del methods["broken"]
+    run_protocol(_small_spec(methods, jobs=2), tmp_path / "p")  # continues: nothing left to run
+    assert (tmp_path / "p/results.jsonl").read_text() == before

@@ -1,4 +1,4 @@
-"""``vldistill.report``: tables, gains, the "did not help" list, CSV, plots and bad input."""
+"""``vldistill.report``: tables, gains, controls, what did (not) appear, CSV, plots and bad input."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from PIL import Image
 from vldistill.errors import DataError
 from vldistill.report import format_cell, summary_table, write_report
 from vldistill.report_cells import ResultRow, aggregate, pooled_std, read_results
+from vldistill.report_controls import image_use_lines, prior_section
 from vldistill.report_plots import dodge, error_bars, figure_dide, figure_lowshot, figure_shift, seeds_caption
 
 # (task, condition, split, fraction, student, method, metric) -> values over seeds 0, 1, 2, ...
@@ -104,15 +105,39 @@ def test_gain_table(report_dir: Path) -> None:
     assert _table_line(gains, "| shift |") == "| shift |  | +3.00 |  |"
 
 
-def test_did_not_help_list(report_dir: Path) -> None:
-    section = _section((report_dir / "report.md").read_text(), "Where distillation did not help")
-    items = [line for line in section.splitlines() if line.startswith("- ")]
-    assert items == [
-        "- vqa, full, fusion / kd: no gain (+0.00; 42.00 vs 42.00).",
-        "- vqa, lowshot-0.1, fusion / clip_td: gain +1.00 (23.00 vs 22.00) is within one pooled std (2.00), "
-        "not significant.",
-        "- vqa, lowshot-0.25, fusion / clip_td: gain +3.00 (33.00 vs 30.00) rests on one seed each, not established.",
+def test_what_did_not_appear_and_what_did(report_dir: Path) -> None:
+    text = (report_dir / "report.md").read_text()
+    missing = [line for line in _section(text, "What did not appear").splitlines() if line.startswith("- ")]
+    assert missing == [
+        "- vqa, full: fusion / kd vs fusion / none: no gain, +0.00 points (42.00 vs 42.00).",
+        "- vqa, lowshot-0.1: fusion / clip_td vs fusion / none: +1.00 points (23.00 vs 22.00), not larger than "
+        "the threshold 2.00 (the larger of 1 point and the pooled std 2.00).",
+        "- vqa, lowshot-0.25: fusion / clip_td vs fusion / none: +3.00 points (33.00 vs 30.00) on one seed each: "
+        "the spread is unknown; not established.",
     ]
+    shown = [line for line in _section(text, "What did appear").splitlines() if line.startswith("- ")]
+    # clip_td full: 45 vs 42, pooled std sqrt((2*2^2 + 2*1^2) / 4) = 1.58 > 1 point; dide: 36 vs 31, std 1
+    assert shown == [
+        "- vqa, full: fusion / clip_td vs fusion / none: +3.00 points (45.00 vs 42.00), 1.90 times the threshold "
+        "1.58 (the larger of 1 point and the pooled std 1.58).",
+        "- vqa, full: dual / dide vs dual / none: +5.00 points (36.00 vs 31.00), 5.00 times the threshold 1.00 "
+        "(the larger of 1 point and the pooled std 1.00).",
+        "- vqa, shift: fusion / clip_td vs fusion / none: +3.00 points (35.00 vs 32.00), 1.90 times the threshold "
+        "1.58 (the larger of 1 point and the pooled std 1.58).",
+    ]
+
+
+def test_old_results_say_the_controls_are_missing(report_dir: Path) -> None:
+    controls = (report_dir / "report.md").read_text().split("### vqa: controls\n")[1].split("\n## ")[0]
+    assert controls.strip().splitlines() == [
+        "No text-only prior in these results: add a method entry with `student: {kind: prior}` to the protocol "
+        "to see what the question alone gives.",
+        "",
+        "No image-shuffle control in these results (runs evaluated before it existed).",
+    ]
+    assert "Model selection: these results record no dev selection; each score is of its run's last step." in (
+        _section((report_dir / "report.md").read_text(), "vqa: vqa_accuracy")
+    )
 
 
 def test_header_protocol_secondary_and_dide_tables(report_dir: Path) -> None:
@@ -179,7 +204,7 @@ def test_absent_protocol_json_is_fine_and_stale_plots_go(tmp_path: Path) -> None
     report = write_report(_write(tmp_path, _rows()[:3]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "results.jsonl", "summary.csv"]
     assert "Protocol settings" not in report.read_text()
-    assert "Every distilled cell beats its baseline by > 1 std." in report.read_text()
+    assert "No comparison showed a gain larger than its threshold." in report.read_text()
 
 
 @pytest.mark.parametrize(
@@ -254,11 +279,15 @@ def test_method_labels_stay_apart_and_baseline_found_by_method(tmp_path: Path) -
     )
     assert "| full | +1.00 | +10.00 | +5.00 |  |" in text
     assert (
-        "- nlvr2, full, fusion / clip_td-cos (clip_td): gain +1.00 (52.00 vs 51.00) is within one pooled "
-        "std (1.41), not significant." in text
+        "- nlvr2, full: fusion / clip_td-cos (clip_td) vs fusion / none: +1.00 points (52.00 vs 51.00), not larger "
+        "than the threshold 1.41 (the larger of 1 point and the pooled std 1.41)." in text
     )
-    assert "- nlvr2, full, other / mad: no `none` baseline of student other ran; the gain is unknown." in text
-    assert "- nlvr2, full, dual / dide" not in text  # 45 vs 40 with zero spread: a clear gain
+    assert "- nlvr2, full: other / mad: no `none` baseline of student other ran; the gain is unknown." in text
+    # 45 vs 40 with zero spread: a gain of 5 times the 1-point floor
+    assert (
+        "- nlvr2, full: dual / dide vs dual / dual (none): +5.00 points (45.00 vs 40.00), 5.00 times the threshold "
+        "1.00 (the larger of 1 point and the pooled std 0.00)." in _section(text, "What did appear")
+    )
 
 
 def test_protocol_settings_are_whole_one_row_per_leaf(tmp_path: Path) -> None:
@@ -387,4 +416,171 @@ def test_error_bars_and_report_caption(report_dir: Path) -> None:
     text = (report_dir / "report.md").read_text()
     assert (
         "![vqa: lowshot](vqa_lowshot.png)\n\n*Points: mean ± std over 1–3 seeds (n per point: see the table);" in text
+    )
+
+
+# The controls: (condition, split, fraction, column, metric) -> values over seeds 0, 1, 2
+YES_NO, OTHER, COLOUR = f"{VQA}/answer_type/yes/no", f"{VQA}/answer_type/other", f"{VQA}/question_type/what color"
+CONTROLS = {
+    ("full", "eval", None, "prior/prior", VQA): [40.0, 41.0, 42.0],
+    ("full", "eval:shuffled", None, "prior/prior", VQA): [40.0, 41.0, 42.0],
+    ("full", "eval", None, "fusion/none", VQA): [50.0, 52.0, 54.0],
+    ("full", "eval:shuffled", None, "fusion/none", VQA): [41.0, 42.0, 43.0],
+    ("full", "eval", None, "fusion/clip_td", VQA): [51.0, 52.0, 53.0],
+    ("full", "eval:shuffled", None, "fusion/clip_td", VQA): [50.0, 52.0, 53.0],
+    ("lowshot-0.1", "eval", 0.1, "prior/prior", VQA): [30.0, 30.0, 30.0],
+    ("lowshot-0.1", "eval", 0.1, "fusion/none", VQA): [30.5, 31.0, 31.5],
+    ("lowshot-0.1", "eval", 0.1, "fusion/clip_td", VQA): [33.0, 34.0, 35.0],
+    ("full", "eval", None, "prior/prior", YES_NO): [60.0, 62.0, 64.0],
+    ("full", "eval", None, "fusion/none", YES_NO): [70.0, 70.0, 70.0],
+    ("full", "eval", None, "prior/prior", OTHER): [20.0, 20.0, 20.0],
+    ("full", "eval", None, "fusion/none", OTHER): [30.0, 32.0, 34.0],
+    ("full", "eval", None, "fusion/none", COLOUR): [25.0, 25.0, 25.0],
+}
+BEST_STEP = {("full", "fusion/none"): [100, 120, 140], ("full", "fusion/clip_td"): [90, 90, 90]}
+BEST_STEP |= {("full", "prior/prior"): [30, 30, 30], ("lowshot-0.1", "fusion/none"): [40, 40, 40]}
+
+
+def _control_rows() -> list[dict]:
+    rows = []
+    for (condition, split, fraction, column, metric), values in CONTROLS.items():
+        student, method = column.split("/")
+        for seed, value in enumerate(values):
+            steps = BEST_STEP.get((condition, column))
+            rows.append(
+                {
+                    "task": "vqa",
+                    "condition": condition,
+                    "method": method,
+                    "label": method,
+                    "student": student,
+                    "seed": seed,
+                    "metric": metric,
+                    "value": value,
+                    "split": split,
+                    "control": "shuffled" if split.endswith(":shuffled") else None,
+                    "fraction": fraction,
+                    "dev": 55.0 if steps else None,
+                    "best_step": steps[seed] if steps else None,
+                }
+            )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def controls_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    folder = _write(tmp_path_factory.mktemp("controls"), _control_rows())
+    return folder, write_report(folder).read_text()
+
+
+def _lines(section: str, start: str = "- ") -> list[str]:
+    return [line for line in section.splitlines() if line.startswith(start)]
+
+
+def test_the_prior_is_a_column_of_the_main_table_not_of_the_gains(controls_report) -> None:
+    _, text = controls_report
+    main = _section(text, "vqa: vqa_accuracy")
+    assert _table_line(main, "| condition |") == "| condition | text-only prior | fusion / none | fusion / clip_td |"
+    assert _table_line(main, "| full |") == "| full | 41.00 ± 1.00 (3) | **52.00 ± 2.00 (3)** | **52.00 ± 1.00 (3)** |"
+    gains = main.split("Gain over")[1]
+    assert _table_line(gains, "| condition |") == "| condition | fusion / clip_td |"
+    assert "eval:shuffled" not in main.split("### vqa: controls")[0]  # the control is not a row of the tables
+
+
+def test_controls_margin_over_the_prior(controls_report) -> None:
+    _, text = controls_report
+    controls = text.split("### vqa: controls\n")[1].split("\n### ")[0]
+    assert (
+        _table_line(controls, "| condition |") == "| condition | text-only prior | fusion / none | fusion / clip_td |"
+    )
+    assert _table_line(controls, "| full |") == "| full | 41.00 ± 1.00 (3) | +11.00 | +11.00 |"
+    assert _table_line(controls, "| lowshot-0.1 |") == "| lowshot-0.1 | 30.00 ± 0.00 (3) | +1.00 | +4.00 |"
+    # the baselines' margins in words; lowshot none: +1.00 is not above max(1, pooled std sqrt(0.5 / 4) = 0.35)
+    assert _lines(controls.split("Image-shuffle control")[0]) == [
+        "- full, fusion / none: +11.00 points over the text-only prior (52.00 vs 41.00).",
+        "- lowshot-0.1, fusion / none: +1.00 points over the text-only prior (31.00 vs 30.00), not larger than the "
+        "threshold 1.00 (the larger of 1 point and the pooled std 0.35): no better than the text alone.",
+    ]
+
+
+def test_controls_image_shuffle_per_run_family(controls_report) -> None:
+    _, text = controls_report
+    controls = text.split("### vqa: controls\n")[1].split("\n### ")[0]
+    # none: 52 - 42 per seed pair (9, 10, 11): mean 10, std 1; clip_td: (1, 0, 0): mean 0.33, std 0.58
+    assert _lines(controls.split("Image-shuffle control")[1]) == [
+        "- full, text-only prior: uses the image: +0.00 ± 0.00 points (3 seeds; 41.00 vs 41.00 shuffled); not larger "
+        "than max(1 point, its std 0.00): no sign it uses the image.",
+        "- full, fusion / none: uses the image: +10.00 ± 1.00 points (3 seeds; 52.00 vs 42.00 shuffled).",
+        "- full, fusion / clip_td: uses the image: +0.33 ± 0.58 points (3 seeds; 52.00 vs 51.67 shuffled); not "
+        "larger than max(1 point, its std 0.58): no sign it uses the image.",
+    ]
+
+
+def test_per_group_tables_of_the_full_condition(controls_report) -> None:
+    _, text = controls_report
+    groups = text.split("### vqa: per group\n")[1].split("\n## ")[0]
+    answer = groups.split("vqa_accuracy per answer type (full condition; mean ± std (seeds)):\n\n")[1].split("\n\n")[0]
+    assert answer.splitlines() == [
+        "| answer type | text-only prior | fusion / none |",
+        "| --- | --- | --- |",
+        "| other | 20.00 ± 0.00 (3) | 32.00 ± 2.00 (3) |",
+        "| yes/no | 62.00 ± 2.00 (3) | 70.00 ± 0.00 (3) |",
+    ]
+    question = groups.split("vqa_accuracy per question type (full condition; mean ± std (seeds)):\n\n")[1]
+    assert question.split("\n\n")[0].splitlines()[1:] == ["| --- | --- |", "| what color | 25.00 ± 0.00 (3) |"]
+
+
+def test_model_selection_line_and_verdicts(controls_report) -> None:
+    folder, text = controls_report
+    # full: (100 + 120 + 140 + 3 * 90 + 3 * 30) / 9 = 80; lowshot-0.1: only none records it
+    assert (
+        "Model selection: each run's checkpoint is the one with the best dev vqa_accuracy, and the scores above "
+        "are that checkpoint's; mean selected step: full 80.0 (9 runs), lowshot-0.1 40.0 (3 runs)."
+    ) in text
+    assert _lines(_section(text, "What did not appear")) == [
+        "- vqa, full: fusion / clip_td vs fusion / none: no gain, +0.00 points (52.00 vs 52.00)."
+    ]
+    # 34 vs 31: pooled std sqrt((2 * 0.25 + 2 * 1) / 4) = 0.79, so the 1-point floor is the threshold
+    assert _lines(_section(text, "What did appear")) == [
+        "- vqa, lowshot-0.1: fusion / clip_td vs fusion / none: +3.00 points (34.00 vs 31.00), 3.00 times the "
+        "threshold 1.00 (the larger of 1 point and the pooled std 0.79)."
+    ]
+    with (folder / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    shuffled = next(r for r in rows if r["split"] == "eval:shuffled" and r["method"] == "none")
+    assert (shuffled["control"], shuffled["mean"], shuffled["dev"], shuffled["best_step"]) == (
+        "shuffled",
+        "42.0000",
+        "55.0000",
+        "120.0",
+    )
+    prior = next(
+        r for r in rows if (r["condition"], r["split"], r["method"], r["metric"]) == ("full", "eval", "prior", VQA)
+    )
+    assert (prior["student"], prior["gain"], prior["control"]) == ("prior", "", "")
+
+
+def test_the_prior_is_a_named_line_of_the_lowshot_plot(controls_report) -> None:
+    folder, _ = controls_report
+    cells = [c for c in aggregate(read_results(folder / "results.jsonl")) if c.metric == VQA and c.control is None]
+    fig = figure_lowshot("vqa", VQA, cells)
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["text-only prior", "fusion / none", "fusion / clip_td"]
+    assert (folder / "vqa_lowshot.png").is_file() and not (folder / "vqa_shift.png").exists()
+
+
+def test_controls_with_one_seed_say_what_cannot_be_checked() -> None:
+    rows = [
+        ResultRow("vqa", "full", "prior", "prior", 0, VQA, 30.0, "eval", "prior"),
+        ResultRow("vqa", "full", "none", "fusion", 0, VQA, 30.5, "eval", "none"),
+        ResultRow("vqa", "full", "none", "fusion", 0, VQA, 20.5, "eval:shuffled", "none", control="shuffled"),
+    ]
+    main = [c for c in aggregate(rows) if c.control is None]
+    assert prior_section(main)[4] == (
+        "- full, fusion / none: +0.50 points over the text-only prior (30.50 vs 30.00), not larger than 1 point "
+        "(one seed each): no better than the text alone."
+    )
+    assert image_use_lines(rows, "vqa", VQA)[2] == (
+        "- full, fusion / none: uses the image: +10.00 ± – points (1 seed; 30.50 vs 20.50 shuffled); one seed: "
+        "not established."
     )

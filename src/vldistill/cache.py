@@ -13,6 +13,9 @@ metadata) and ``meta.json`` (the key's parts and the shard list), written last a
   so looking up a batch touches only its rows; a cache larger than RAM works.
 - **Distributed.** Under accelerate each rank computes every ``world``-th batch of the missing rows
   into its own shards; the main process then lists all shards in ``meta.json``; every rank reads all.
+- **Concurrent runs.** Single-process runs that share a cache (a protocol's runs at once, ``--jobs``)
+  take turns on a file lock (``.build.lock``, the ``filelock`` package): the first computes the
+  missing rows, the next finds them there; two never write the same shard.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 from safetensors.torch import save_file
 
 from vldistill.data.examples import TaskExample
@@ -224,9 +228,29 @@ def ensure_cache(
     """Open the cache in ``folder`` and compute the rows ``examples`` still miss (split over ranks).
 
     Teachers run on batches of ``batch_size``; rows are written in shards of about ``shard_size``.
-    Rank ``r`` computes every ``world``-th batch and writes its own shards.
+    Rank ``r`` computes every ``world``-th batch and writes its own shards. A single-process run holds
+    the folder's lock meanwhile, so concurrent runs take turns (the ranks of one run share the work).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    if world == 1:
+        with FileLock(folder / ".build.lock"):
+            return _ensure(folder, method, examples, fp16, key_parts, batch_size, shard_size, 0, 1, barrier, store)
+    return _ensure(folder, method, examples, fp16, key_parts, batch_size, shard_size, rank, world, barrier, store)
+
+
+def _ensure(
+    folder: Path,
+    method: Any,
+    examples: Sequence[TaskExample],
+    fp16: bool,
+    key_parts: dict[str, Any],
+    batch_size: int,
+    shard_size: int,
+    rank: int,
+    world: int,
+    barrier: Any,
+    store: ImageStore | None,
+) -> TeacherCache:
     cache = TeacherCache(folder, fp16)
     todo = cache.missing(examples)
     if todo:

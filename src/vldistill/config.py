@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vldistill.distill.config import MethodConfig
 from vldistill.errors import ConfigError
@@ -103,6 +103,16 @@ class ExperimentConfig(_Strict):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @model_validator(mode="after")
+    def _prior_learns_alone(self) -> ExperimentConfig:
+        """The text-only prior is a control: it learns from the task loss alone (vldistill.models.prior)."""
+        if self.student.kind == "prior" and self.method.name != "none":
+            raise ConfigError(
+                f"student.kind prior (the text-only control) is trained with the task loss alone, but method.name "
+                f"is '{self.method.name}'; fix: set method.name: none, or another student.kind"
+            )
+        return self
 
 
 def _format_validation(err: ValidationError, source: str) -> str:

@@ -8,6 +8,9 @@
    supervision, two low-shot fractions and the domain shift, 3 seeds;
 4. DiDE: the fusion model of the full condition as teacher, a plain and a distilled dual encoder;
 5. the report (``DIR/report.md``), whose main table is printed at the end.
+
+The protocol trains two runs at once (``jobs``, ``DEMO_JOBS``), each in its own single-threaded process:
+the two cores of the machine it is sized for (``vldistill.protocol_jobs``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from vldistill.console import make_console
 from vldistill.errors import ConfigError
 
 CLIP_PLACEHOLDER = "@demo-clip"
+DEMO_JOBS = 2
 console = make_console(stderr=True)
 
 
@@ -36,8 +40,18 @@ def _substitute(tree: Any, old: str, new: str) -> Any:
     return new if tree == old else tree
 
 
-def run_demo(out: Path, *, quick: bool = False, spec_path: Path | None = None, progress: bool = False) -> Path:
-    """Run the demo into ``out`` (rerun to continue an interrupted one); returns the report path."""
+def run_demo(
+    out: Path,
+    *,
+    quick: bool = False,
+    spec_path: Path | None = None,
+    progress: bool = False,
+    jobs: int = DEMO_JOBS,
+) -> Path:
+    """Run the demo into ``out`` (rerun to continue an interrupted one); returns the report path.
+
+    ``jobs``: protocol runs trained at once, each in its own process (1: one after another, here).
+    """
     import torch
 
     from vldistill.data.world import generate_world
@@ -67,7 +81,7 @@ def run_demo(out: Path, *, quick: bool = False, spec_path: Path | None = None, p
         f"[3/4] protocol: {', '.join(spec.tasks)} x {len(spec.conditions)} conditions (+ shift) x "
         f"{len(spec.methods)} methods x {len(spec.seeds)} seeds -> {out}"
     )
-    run_protocol(spec, out, show_progress=progress)
+    run_protocol(spec, out, show_progress=progress, jobs=jobs)
     console.print("[4/4] report")
     report = write_report(out)
     seconds = round(time.perf_counter() - t0, 1)

@@ -18,6 +18,18 @@ class VldistillError(Exception):
         """The lines the CLI prints, each after ``error: ``: one per defect (usually one)."""
         return [str(self)]
 
+    def __reduce__(self) -> tuple:
+        """Pickle as class, message and attributes: a run's error crosses from a protocol worker process
+        whatever its constructor takes (``DataError``'s four fields, ``Interrupted``'s step and signal)."""
+        return _restore, (type(self), str(self), dict(self.__dict__))
+
+
+def _restore(cls: type[VldistillError], message: str, attributes: dict) -> VldistillError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(attributes)
+    return error
+
 
 class DataError(VldistillError):
     """A defect in a data file: names the file, the record, the problem and the fix.

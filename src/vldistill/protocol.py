@@ -7,8 +7,15 @@ training set, or k examples per answer / label); the domain shift is evaluated o
 ``full`` condition: trained on one style (or split) and tested on the other (``shift_root``), reported
 as condition ``shift``.
 
-A method entry can take its teacher from an earlier run of the same task (DiDE's fine-tuned fusion
-teacher): ``pretrained: "run:<condition>/<label>/seed<k>"`` names that run's ``final/`` student.
+A method entry can take its teacher from another run of the same task (DiDE's fine-tuned fusion
+teacher): ``pretrained: "run:<condition>/<label>/seed<k>"`` names that run's ``final/`` student, and
+the cell waits for that run. With ``jobs`` > 1 (``vldistill protocol --jobs N``) up to N runs train at
+once, each in its own process (:mod:`vldistill.protocol_jobs`); the rows are the same as with one.
+
+A method entry whose student is ``kind: prior`` is the text-only control (``vldistill.models.prior``):
+its rows have method ``prior``. With the image-shuffle control the run summary also holds splits
+``eval:shuffled`` / ``shifted:shuffled`` (every example scored with another example's image): their rows
+carry ``control: "shuffled"`` and the condition of the split they shuffle.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ class ProtocolConfig(_Strict):
     shift_roots: dict[str, str] = Field(default_factory=dict)  # task -> domain-shifted root
     methods: dict[str, MethodEntry]
     seeds: list[int] = Field(default_factory=lambda: [0])
+    jobs: int = Field(1, ge=1)  # runs trained at once, each in its own process (vldistill protocol --jobs)
 
     @model_validator(mode="after")
     def _check(self) -> ProtocolConfig:
@@ -99,32 +107,63 @@ def run_dir(out: Path, task: str, condition: str, label: str, seed: int) -> Path
     return out / "runs" / task / condition / label / f"seed{seed}"
 
 
+RunKey = tuple[str, str, str, int]
+"""A run of the matrix: (task, condition name, method label, seed)."""
+
+
+def run_reference(ref: str, task: str) -> RunKey:
+    """The run that ``"run:<condition>/<label>/seed<k>"`` names (a run of the same ``task``).
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    try:
+        condition, label, seed = ref[len(RUN_PREFIX) :].split("/")
+        return task, condition, label, int(seed.removeprefix("seed"))
+    except ValueError:
+        raise ConfigError(f"teacher reference '{ref}'; fix: write run:<condition>/<method label>/seed<k>") from None
+
+
+def run_references(tree: Any) -> list[str]:
+    """Every ``run:`` string in a config tree, in order."""
+    if isinstance(tree, dict):
+        return [ref for value in tree.values() for ref in run_references(value)]
+    if isinstance(tree, list):
+        return [ref for value in tree for ref in run_references(value)]
+    return [tree] if isinstance(tree, str) and tree.startswith(RUN_PREFIX) else []
+
+
 def _resolve_run_refs(tree: Any, out: Path, task: str) -> Any:
     if isinstance(tree, dict):
         return {k: _resolve_run_refs(v, out, task) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_resolve_run_refs(v, out, task) for v in tree]
     if isinstance(tree, str) and tree.startswith(RUN_PREFIX):
-        try:
-            condition, label, seed = tree[len(RUN_PREFIX) :].split("/")
-            path = run_dir(out, task, condition, label, int(seed.removeprefix("seed"))) / "final"
-        except ValueError:
-            raise ConfigError(
-                f"teacher reference '{tree}'; fix: write run:<condition>/<method label>/seed<k>"
-            ) from None
+        path = run_dir(out, *run_reference(tree, task)) / "final"
         if not path.is_dir():
             raise ConfigError(
-                f"teacher reference '{tree}': {path} does not exist; fix: list the method it names "
-                "earlier in 'methods' so that it runs first"
+                f"teacher reference '{tree}': {path} does not exist; fix: list the method it names in 'methods' "
+                "(under that condition and seed) so that it runs first"
             )
         return str(path)
     return tree
 
 
 def experiment(
-    spec: ProtocolConfig, task: str, condition: Condition, label: str, seed: int, out: Path
+    spec: ProtocolConfig,
+    task: str,
+    condition: Condition,
+    label: str,
+    seed: int,
+    out: Path,
+    *,
+    resolve_refs: bool = True,
 ) -> ExperimentConfig:
-    """The experiment config of one cell of the matrix."""
+    """The experiment config of one cell of the matrix.
+
+    With ``resolve_refs`` a ``run:`` teacher reference becomes that run's ``final/`` folder, which must
+    exist; without, it is left as written (every cell's config is checked before any run starts).
+    """
     entry = spec.methods[label]
     tree = _merge(spec.base, {"name": f"{spec.name}/{task}/{condition.name}/{label}/seed{seed}"})
     data = tree.setdefault("data", {})
@@ -135,7 +174,9 @@ def experiment(
         data["shift_root"] = spec.shift_roots[task]
     if condition.name != "full" or not spec.shift:
         data["shift_root"] = None
-    tree["method"] = _resolve_run_refs(entry.method, out, task)
+    for ref in run_references(entry.method):
+        run_reference(ref, task)
+    tree["method"] = _resolve_run_refs(entry.method, out, task) if resolve_refs else copy.deepcopy(entry.method)
     if entry.student:
         tree["student"] = _merge(tree.get("student", {}), entry.student)
     if entry.train:
@@ -144,10 +185,6 @@ def experiment(
     if condition.epochs is not None:
         tree["train"]["epochs"] = condition.epochs
     return parse_config(tree, f"protocol {spec.name} ({task}/{condition.name}/{label})")
-
-
-def _key(row: dict[str, Any]) -> tuple:
-    return row["task"], row["condition"], row["method"], row["student"], row["seed"]
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -166,7 +203,8 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to ``results.jsonl`` as JSON lines, flushed to disk (one writer: the protocol's process)."""
     with path.open("a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -174,10 +212,27 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
+SHUFFLED = "shuffled"
+
+
 def rows_of(summary: dict[str, Any], task: str, condition: Condition, label: str, seed: int) -> list[dict[str, Any]]:
+    """The ``results.jsonl`` rows of one finished run: one per evaluated split and metric.
+
+    ``summary`` is the run's ``summary.json``: ``eval`` maps each split (``eval``, ``shifted``, and the
+    image-shuffle controls ``eval:shuffled``, ``shifted:shuffled``) to its metrics (the primary metric,
+    its breakdowns ``<primary>/<group>/<value>``, ``ms_per_example``); ``dev`` maps metrics to their
+    values on the dev split and ``best_step`` is the step of the checkpoint selected on it (both absent
+    from summaries written before dev selection). A row's ``condition`` is the run's for ``eval``
+    splits and ``shift`` for ``shifted`` ones; ``control`` is ``"shuffled"`` for a shuffled split, else
+    None; ``dev`` is the dev value of the primary metric; ``method`` is ``prior`` for a text-only prior.
+    """
+    primary = summary.get("primary_metric")
+    dev = (summary.get("dev") or {}).get(primary)
+    method = "prior" if summary["student"] == "prior" else summary["method"]
     rows = []
     for split, metrics in summary["eval"].items():
-        cond = condition.name if split == "eval" else "shift"
+        evaluated, _, control = split.partition(":")
+        cond = condition.name if evaluated == "eval" else "shift"
         for metric, value in metrics.items():
             if metric == "ms_per_example":
                 continue
@@ -185,45 +240,43 @@ def rows_of(summary: dict[str, Any], task: str, condition: Condition, label: str
                 {
                     "task": task,
                     "condition": cond,
-                    "method": summary["method"],
+                    "method": method,
                     "label": label,
                     "student": summary["student"],
                     "seed": seed,
                     "metric": metric,
                     "value": value,
                     "split": split,
+                    "control": control or None,
                     "train_examples": summary["train_examples"],
                     "seconds": summary["seconds"],
                     "fraction": condition.fraction,
                     "eval_ms_per_example": metrics.get("ms_per_example"),
+                    "dev": dev,
+                    "best_step": summary.get("best_step"),
                 }
             )
     return rows
 
 
-def run_protocol(spec: ProtocolConfig, out: Path, *, show_progress: bool = False) -> Path:
-    """Run every cell not yet in ``out/results.jsonl``; returns that file."""
-    from vldistill.train import train
+def run_protocol(spec: ProtocolConfig, out: Path, *, show_progress: bool = False, jobs: int | None = None) -> Path:
+    """Run every cell not yet in ``out/results.jsonl``; returns that file.
+
+    ``jobs`` (default ``spec.jobs``): how many runs train at once, each in its own process; 1 trains
+    them one after the other in this process. Every cell's config is checked before the first run. With
+    ``jobs`` > 1 a script that calls this must guard its entry point (``if __name__ == "__main__":``),
+    as every use of ``multiprocessing``'s spawn must (:mod:`vldistill.protocol_jobs`).
+
+    Raises:
+        ConfigError: a bad cell config, or a teacher reference to a run that neither is in the matrix
+            nor exists (before any run); a run's own error (the protocol stops, runs in flight finish).
+    """
+    from vldistill.protocol_jobs import Matrix, run_cells
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "protocol.json").write_text(spec.model_dump_json(indent=1))
     results = out / "results.jsonl"
     done = {(r["task"], r["condition"], r.get("label", r["method"]), r["seed"]) for r in read_results(results)}
-    cells = [
-        (t, c, m, s)
-        for t in spec.tasks
-        for c in spec.conditions
-        for m, e in spec.methods.items()
-        if e.conditions is None or c.name in e.conditions
-        for s in spec.seeds
-    ]
-    for i, (task, cond, label, seed) in enumerate(cells, 1):
-        if (task, cond.name, label, seed) in done:
-            continue
-        cfg = experiment(spec, task, cond, label, seed, out)
-        where = run_dir(out, task, cond.name, label, seed)
-        console.print(f"[{i}/{len(cells)}] {task} {cond.name} {label} seed {seed}")
-        # resume: an unfinished cell continues from its checkpoint (a cell without one starts afresh)
-        summary = train(cfg, where, resume=True, show_progress=show_progress)
-        _append(results, rows_of(summary, task, cond, label, seed))
+    matrix = Matrix.of(spec, out, done)
+    run_cells(matrix, spec, out, jobs=jobs or spec.jobs, show_progress=show_progress)
     return results

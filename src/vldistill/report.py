@@ -2,7 +2,10 @@
 
 Rows (one metric of one finished run on one split, see :func:`vldistill.protocol.rows_of`) are grouped over
 seeds into :class:`Cell` objects; a *gain* is a cell's mean minus that of the same student's ``none``
-baseline. Where distillation did not help (gain <= 0, or within one pooled std) is stated plainly.
+baseline. Each task's section has its main table (the text-only prior a column of it), the gains, the
+controls (:mod:`vldistill.report_controls`: margin over the text-only prior, the image-shuffle control,
+per-group tables, model selection on dev) and the plots; the report ends with what did not appear and
+what did (a gain counts when larger than max(1 point, the pooled std over seeds)).
 """
 
 from __future__ import annotations
@@ -16,18 +19,29 @@ from typing import Any
 
 from vldistill.errors import DataError
 from vldistill.report_cells import (
+    BASELINE,
+    PRIOR,
     Cell,
     Column,
     ResultRow,
     _primary_cells,
     aggregate,
-    baseline_of,
     column_key,
     condition_key,
     gain,
-    pooled_std,
-    primary_metric,
+    is_breakdown,
     read_results,
+)
+from vldistill.report_controls import (
+    breakdown_tables,
+    comparisons,
+    header,
+    image_use_lines,
+    markdown_table,
+    prior_section,
+    row_label,
+    selection_line,
+    verdict_sections,
 )
 from vldistill.report_plots import dide_cells, plot_dide, plot_lowshot, plot_shift
 
@@ -43,18 +57,8 @@ def format_cell(cell: Cell) -> str:
     return f"{cell.mean:.2f} ± {std} ({cell.n})"
 
 
-def _header(column: Column) -> str:
-    student, method, label = column
-    return f"{student} / {label}" if label == method else f"{student} / {label} ({method})"
-
-
 def _row_label(cell: Cell) -> str:
-    natural = "shifted" if cell.condition == "shift" else "eval"
-    return cell.condition if cell.split == natural else f"{cell.condition} ({cell.split})"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    return "\n".join("| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *rows])
+    return row_label(cell.condition, cell.split)
 
 
 def _pivot(cells: Sequence[Cell], columns: Sequence[Column], render: Callable[[Cell], str]) -> str:
@@ -64,7 +68,7 @@ def _pivot(cells: Sequence[Cell], columns: Sequence[Column], render: Callable[[C
     for row in dict.fromkeys((c.condition, c.split) for c in cells):
         first = next(c for c in cells if (c.condition, c.split) == row)
         body.append([_row_label(first), *(render(at[row, c]) if (row, c) in at else "" for c in columns)])
-    return markdown_table(["condition", *map(_header, columns)], body)
+    return markdown_table(["condition", *map(header, columns)], body)
 
 
 def main_table(cells: Sequence[Cell]) -> str:
@@ -81,44 +85,27 @@ def main_table(cells: Sequence[Cell]) -> str:
 
 
 def gain_table(cells: Sequence[Cell]) -> str | None:
-    """The gain of every non-baseline column over its student's ``none`` baseline ("+x.xx"); None if none."""
-    columns = [col for col in sorted({c.column for c in cells}, key=column_key) if col[1] != "none"]
+    """The gain of every distilled column over its student's ``none`` baseline ("+x.xx"); None if none.
+
+    The text-only prior is a control, not a distilled student: it has no column here.
+    """
+    columns = [col for col in sorted({c.column for c in cells}, key=column_key) if col[1] not in (BASELINE, PRIOR)]
     return _pivot(cells, columns, lambda cell: _number(gain(cell, cells), "+.2f")) if columns else None
 
 
-def not_helped(cells: Sequence[Cell]) -> list[str]:
-    """One plain sentence per distilled cell whose gain is <= 0, within one pooled std, or unknown."""
-    lines = []
-    for cell in cells:
-        if cell.method == "none":
-            continue
-        where = f"{cell.task}, {_row_label(cell)}, {_header(cell.column)}"
-        base = baseline_of(cell, cells)
-        if base is None:
-            lines.append(f"{where}: no `none` baseline of student {cell.student} ran; the gain is unknown.")
-            continue
-        delta, spread = cell.mean - base.mean, pooled_std(cell, base)
-        versus = f"{cell.mean:.2f} vs {base.mean:.2f}"
-        if delta <= 0:
-            lines.append(f"{where}: no gain ({delta:+.2f}; {versus}).")
-        elif math.isnan(spread):
-            lines.append(f"{where}: gain {delta:+.2f} ({versus}) rests on one seed each, not established.")
-        elif delta <= spread:
-            lines.append(
-                f"{where}: gain {delta:+.2f} ({versus}) is within one pooled std ({spread:.2f}), not significant."
-            )
-    return lines
-
-
 def secondary_table(cells: Sequence[Cell], primary: str) -> str:
-    """Non-primary metrics and cost (training examples, seconds, eval ms per example) per row and column."""
+    """Non-primary metrics and cost (training examples, seconds, eval ms per example) per row and column.
+
+    Per-group breakdowns and the image-shuffle control have their own tables (Controls).
+    """
+    cells = [c for c in cells if c.control is None and not is_breakdown(c.metric)]
     keys = list(dict.fromkeys((c.condition, c.split, c.column) for c in cells))
     metrics = list(dict.fromkeys(c.metric for c in cells if c.metric != primary))
     at = {(c.condition, c.split, c.column, c.metric): c for c in cells}
     body = []
     for key in keys:
         some = next(c for c in cells if (c.condition, c.split, c.column) == key)
-        line = [_row_label(some), _header(key[2])]
+        line = [_row_label(some), header(key[2])]
         line += [format_cell(at[(*key, m)]) if (*key, m) in at else "" for m in metrics]
         body.append(
             [
@@ -128,8 +115,8 @@ def secondary_table(cells: Sequence[Cell], primary: str) -> str:
                 _number(some.eval_ms_per_example, ".2f"),
             ]
         )
-    header = ["condition", "student / method", *metrics, "train examples", "train s", "eval ms/example"]
-    return markdown_table(header, body)
+    head = ["condition", "student / method", *metrics, "train examples", "train s", "eval ms/example"]
+    return markdown_table(head, body)
 
 
 def dide_table(cells: Sequence[Cell]) -> str | None:
@@ -140,7 +127,7 @@ def dide_table(cells: Sequence[Cell]) -> str | None:
     teacher_ms = next((c.eval_ms_per_example for c in picked if c.student == "fusion"), None)
     body = [
         [
-            _header(c.column),
+            header(c.column),
             format_cell(c),
             _number(c.eval_ms_per_example, ".2f"),
             f"{teacher_ms / c.eval_ms_per_example:.2f}x" if teacher_ms and c.eval_ms_per_example else "",
@@ -150,10 +137,10 @@ def dide_table(cells: Sequence[Cell]) -> str | None:
     return markdown_table(["model", picked[0].metric, "eval ms/example", "speed-up vs fusion"], body)
 
 
-def _task_section(task: str, cells: Sequence[Cell], run_dir: Path) -> list[str]:
+def _task_section(task: str, cells: Sequence[Cell], rows: Sequence[ResultRow], run_dir: Path) -> list[str]:
     own = [c for c in cells if c.task == task]
     metric, main = _primary_cells(task, own)
-    out = [f"## {task}: {metric}", "", main_table(main), ""]
+    out = [f"## {task}: {metric}", "", main_table(main), "", selection_line(own, task, metric), ""]
     gains = gain_table(main)
     if gains:
         out += [f"Gain over the same student's `none` baseline ({metric}, points):", "", gains, ""]
@@ -167,6 +154,10 @@ def _task_section(task: str, cells: Sequence[Cell], run_dir: Path) -> list[str]:
         else:  # nothing to plot now: drop the figure an earlier report may have left
             (run_dir / f"{task}_{kind}.png").unlink(missing_ok=True)
     out += ["Other metrics and cost:", "", secondary_table(own, metric), ""]
+    out += [f"### {task}: controls", "", *prior_section(main), *image_use_lines(rows, task, metric)]
+    groups = breakdown_tables(own, task, metric, format_cell)
+    if groups:
+        out += [f"### {task}: per group", "", *groups]
     return out
 
 
@@ -218,7 +209,7 @@ def _overview(rows: Sequence[ResultRow], cells: Sequence[Cell], run_dir: Path) -
         "",
         f"- tasks: {listed(c.task for c in cells)}",
         f"- conditions: {listed(c.condition for c in by_condition)}",
-        f"- students / methods: {listed(_header(c) for c in columns)}",
+        f"- students / methods: {listed(header(c) for c in columns)}",
         f"- seeds: {listed(sorted({r.seed for r in rows}))}",
         f"- finished runs: {len(runs)} ({len(rows)} result rows)",
         "",
@@ -230,11 +221,17 @@ def _overview(rows: Sequence[ResultRow], cells: Sequence[Cell], run_dir: Path) -
     ]
 
 
+CSV_COLUMNS = "task condition split student method label metric mean std n gain control dev best_step".split()
+
+
 def write_summary_csv(cells: Sequence[Cell], path: Path) -> None:
-    """One row per cell: task, condition, split, student, method, label, metric, mean, std, n, gain."""
+    """One row per cell: task, condition, split, student, method, label, metric, mean, std, n, gain, control
+    (``shuffled`` for the image-shuffle control), dev (mean dev score) and best_step (mean selected step)."""
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow("task condition split student method label metric mean std n gain".split())
+        writer.writerow(
+            "task condition split student method label metric mean std n gain control dev best_step".split()
+        )
         for c in cells:
             writer.writerow(
                 [
@@ -249,6 +246,9 @@ def write_summary_csv(cells: Sequence[Cell], path: Path) -> None:
                     "" if c.n < 2 else f"{c.std:.4f}",
                     c.n,
                     _number(gain(c, cells), ".4f"),
+                    c.control or "",
+                    _number(c.dev, ".4f"),
+                    _number(c.best_step, ".1f"),
                 ]
             )
 
@@ -259,10 +259,9 @@ def write_report(run_dir: Path) -> Path:
     cells = aggregate(rows)
     lines = _overview(rows, cells, run_dir) + _protocol_lines(run_dir)
     for task in dict.fromkeys(c.task for c in cells):
-        lines += _task_section(task, cells, run_dir)
-    failures = not_helped([c for c in cells if c.metric == primary_metric(c.task, cells)])
-    lines += ["## Where distillation did not help", ""]
-    lines += [f"- {line}" for line in failures] or ["Every distilled cell beats its baseline by > 1 std."]
+        lines += _task_section(task, cells, rows, run_dir)
+    primary = [c for task in dict.fromkeys(c.task for c in cells) for c in _primary_cells(task, cells)[1]]
+    lines += verdict_sections(comparisons(primary))
     write_summary_csv(cells, run_dir / "summary.csv")
     report = run_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,6 +1,8 @@
 """Results of a protocol grouped over seeds: rows of ``results.jsonl`` -> :class:`Cell` objects, gains.
 
-Read by :mod:`vldistill.report` (tables, CSV) and :mod:`vldistill.report_plots`.
+Read by :mod:`vldistill.report` (tables, CSV), :mod:`vldistill.report_controls` and
+:mod:`vldistill.report_plots`. Rows written before the controls existed (no ``control``, ``dev`` or
+``best_step``) read as unshuffled rows without dev selection.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from vldistill.errors import DataError
 from vldistill.evaluate import PRIMARY_METRIC
 
 _TASK_ORDER = tuple(PRIMARY_METRIC)
-_STUDENT_ORDER = ("fusion", "dual")
-_METHOD_ORDER = ("none", "kd", "clip_td", "mad", "dide")
+_STUDENT_ORDER = ("prior", "fusion", "dual")
+_METHOD_ORDER = ("prior", "none", "kd", "clip_td", "mad", "dide")
+PRIOR = "prior"
+"""The method (and student) of the text-only prior's rows (vldistill.protocol.rows_of)."""
+BASELINE = "none"
 _NUMBER = (int, float)
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "task": str,
@@ -36,6 +41,9 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "train_examples": int,
     "seconds": _NUMBER,
     "eval_ms_per_example": _NUMBER,
+    "control": str,
+    "dev": _NUMBER,
+    "best_step": int,
 }
 Column = tuple[str, str, str]  # a table column: (student, method, label)
 _FIX = "rerun the run (`vldistill protocol` continues where it stopped) or delete the line"
@@ -44,7 +52,9 @@ _FIX = "rerun the run (`vldistill protocol` continues where it stopped) or delet
 @dataclass(frozen=True)
 class ResultRow:
     """One metric of one finished run on one split. ``label`` names the protocol's method entry (default:
-    ``method``), so two entries of one method (an ablation) stay apart. ``value`` is in percent."""
+    ``method``), so two entries of one method (an ablation) stay apart. ``value`` is in percent.
+    ``control`` is ``"shuffled"`` for the image-shuffle control's splits, else None; ``dev`` is the run's
+    primary metric on dev and ``best_step`` the step of the checkpoint selected on it (None: not recorded)."""
 
     task: str
     condition: str
@@ -59,11 +69,17 @@ class ResultRow:
     train_examples: int | None = None
     seconds: float | None = None
     eval_ms_per_example: float | None = None
+    control: str | None = None
+    dev: float | None = None
+    best_step: int | None = None
 
 
 @dataclass(frozen=True)
 class Cell:
-    """The rows of one (task, condition, split, student, method entry, metric) over seeds."""
+    """The rows of one (task, condition, split, student, method entry, metric) over seeds.
+
+    ``control`` as in :class:`ResultRow`; ``dev`` and ``best_step`` are means over the seeds that record them.
+    """
 
     task: str
     condition: str
@@ -77,6 +93,9 @@ class Cell:
     eval_ms_per_example: float | None
     seconds: float | None
     train_examples: float | None
+    control: str | None = None
+    dev: float | None = None
+    best_step: float | None = None
 
     @property
     def n(self) -> int:
@@ -179,6 +198,9 @@ def aggregate(rows: Sequence[ResultRow]) -> list[Cell]:
             eval_ms_per_example=_mean_of(r.eval_ms_per_example for r in group),
             seconds=_mean_of(r.seconds for r in group),
             train_examples=_mean_of(r.train_examples for r in group),
+            control=group[0].control,
+            dev=_mean_of(r.dev for r in group),
+            best_step=_mean_of(r.best_step for r in group),
         )
         for key, group in groups.items()
     ]
@@ -193,6 +215,11 @@ def aggregate(rows: Sequence[ResultRow]) -> list[Cell]:
     )
 
 
+def is_breakdown(metric: str) -> bool:
+    """A per-group metric ``<primary>/<group>/<value>`` (e.g. ``vqa_accuracy/answer_type/yes/no``)."""
+    return "/" in metric
+
+
 def primary_metric(task: str, cells: Sequence[Cell]) -> str:
     """The task's headline metric (``PRIMARY_METRIC``), else (unknown task, metric absent) its first one."""
     metrics = [c.metric for c in cells if c.task == task]
@@ -200,14 +227,25 @@ def primary_metric(task: str, cells: Sequence[Cell]) -> str:
 
 
 def _primary_cells(task: str, cells: Sequence[Cell]) -> tuple[str, list[Cell]]:
+    """The task's primary metric and its cells, image-shuffle controls left out (those are in Controls)."""
     metric = primary_metric(task, cells)
-    return metric, [c for c in cells if (c.task, c.metric) == (task, metric)]
+    return metric, [c for c in cells if (c.task, c.metric) == (task, metric) and c.control is None]
 
 
 def baseline_of(cell: Cell, cells: Sequence[Cell]) -> Cell | None:
     """The same student's ``none`` cell (label ``none`` preferred) under the cell's task, condition, split."""
-    candidates = [c for c in cells if c.method == "none" and c.comparable == cell.comparable]
-    candidates.sort(key=lambda c: c.label != "none")
+    candidates = [c for c in cells if c.method == BASELINE and c.comparable == cell.comparable]
+    candidates.sort(key=lambda c: c.label != BASELINE)
+    return candidates[0] if candidates else None
+
+
+def prior_of(cell: Cell, cells: Sequence[Cell]) -> Cell | None:
+    """The text-only prior's cell (label ``prior`` preferred) under the cell's task, condition, split, metric."""
+    where = cell.task, cell.condition, cell.split, cell.metric, cell.control
+    candidates = [
+        c for c in cells if c.method == PRIOR and (c.task, c.condition, c.split, c.metric, c.control) == where
+    ]
+    candidates.sort(key=lambda c: c.label != PRIOR)
     return candidates[0] if candidates else None
 
 
@@ -222,3 +260,12 @@ def pooled_std(a: Cell, b: Cell) -> float:
     dof = a.n + b.n - 2
     squares = sum((c.n - 1) * c.std**2 for c in (a, b) if c.n > 1)
     return math.sqrt(squares / dof) if dof else math.nan
+
+
+MIN_EFFECT = 1.0
+"""Points: the smallest difference the report calls an effect (issue 13's "max(1 point, the pooled std")."""
+
+
+def threshold(spread: float) -> float:
+    """max(``MIN_EFFECT``, ``spread``): the size a difference must exceed to count; NaN for an unknown spread."""
+    return math.nan if math.isnan(spread) else max(MIN_EFFECT, spread)

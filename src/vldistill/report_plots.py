@@ -36,9 +36,16 @@ _DIDE_MODELS = {
 }
 
 
-def _name(cell: Cell) -> str:
-    student, _, label = cell.column
+def _column_name(column: tuple[str, str, str]) -> str:
+    """``"fusion / kd"``; the text-only prior by that name."""
+    student, method, label = column
+    if method == "prior":
+        return "text-only prior" if label == "prior" else f"text-only prior ({label})"
     return f"{student} / {label}"
+
+
+def _name(cell: Cell) -> str:
+    return _column_name(cell.column)
 
 
 def error_bars(cells: Sequence[Cell], bounds: tuple[float, float] = METRIC_RANGE) -> list[list[float]]:
@@ -173,7 +180,7 @@ def figure_shift(task: str, metric: str, cells: Sequence[Cell]) -> Figure | None
         bars = [group[col] for col in columns if col in group]
         ax.bar(xs, [c.mean for c in bars], width, yerr=error_bars(bars), capsize=3, label=label)
         shown += bars
-    ax.set_xticks(range(len(columns)), [f"{s} / {lab}" for s, _, lab in columns], rotation=30, ha="right")
+    ax.set_xticks(range(len(columns)), [_column_name(col) for col in columns], rotation=30, ha="right")
     ax.set(ylabel=metric, title=f"{task}: in-domain vs shifted test")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")

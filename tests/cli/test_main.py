@@ -42,6 +42,11 @@ def vldistill(*args: str, columns: str | None = None) -> subprocess.CompletedPro
         (["data", "check"], "Missing argument 'task'; fix: see 'python -m vldistill data check --help'"),
         (["data", "check", "vqa"], "Missing argument 'root'; fix: see 'python -m vldistill data check --help'"),
         (["report", "a", "b"], "Got unexpected extra argument(s) (b); fix: see 'python -m vldistill report --help'"),
+        (
+            ["protocol", "p.yaml", "--out", "x", "--jobs", "0"],
+            "Invalid value for '--jobs': Input should be greater than or equal to 1; "
+            "fix: see 'python -m vldistill protocol --help'",
+        ),
         # click raises this one without a context: the fix names the program's help
         (["score", "vqa", "--questions"], "Option '--questions' requires an argument; fix: see 'vldistill --help'"),
     ],

@@ -17,13 +17,17 @@ cache_app = typer.Typer(help="The teacher-output cache.", no_args_is_help=True)
 def protocol_command(
     config: Annotated[Path, typer.Argument(help="protocol YAML (see configs/protocol-*.yaml)")],
     out: Annotated[Path, typer.Option(help="protocol folder; rerun to continue an interrupted protocol")],
-    progress: Annotated[bool, typer.Option(help="progress bars of each run")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bars of each run (with --jobs 1)")] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(min=1, help="runs trained at once, each in its own process (default: the file's jobs, 1)"),
+    ] = None,
 ) -> None:
     """Run tasks x conditions x methods x seeds; rows go to OUT/results.jsonl; then write the report."""
     from vldistill.protocol import load_protocol, run_protocol
     from vldistill.report import summary_table, write_report
 
-    results = run_protocol(load_protocol(config), out, show_progress=progress)
+    results = run_protocol(load_protocol(config), out, show_progress=progress, jobs=jobs)
     report = write_report(out)
     console.print(summary_table(out))
     console.print(f"results: {results}\nreport: {report}")
@@ -32,12 +36,13 @@ def protocol_command(
 def demo_command(
     out: Annotated[Path, typer.Option(help="demo folder; rerun to continue an interrupted demo")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option(help="a small, one-seed version (CI, install check)")] = False,
-    progress: Annotated[bool, typer.Option(help="progress bars of each run")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bars of each run (with --jobs 1)")] = False,
+    jobs: Annotated[int, typer.Option(min=1, help="runs trained at once, each single-threaded")] = 2,
 ) -> None:
     """The embedded default: world, teachers, protocol, DiDE, report (offline, 2 CPU cores)."""
     from vldistill.demo import run_demo
 
-    run_demo(out, quick=quick, progress=progress)
+    run_demo(out, quick=quick, progress=progress, jobs=jobs)
 
 
 def report_command(run_dir: Annotated[Path, typer.Argument(help="a protocol folder with results.jsonl")]) -> None:

@@ -1,11 +1,12 @@
 """The one way to make, save and load a student: ``StudentConfig`` -> ``build_student``.
 
-A student is a pretrained checkpoint (hub id or directory, loaded by transformers' ``from_pretrained``)
-or a tiny randomly initialised model from the size fields. A checkpoint of another architecture, or
-one that lacks backbone weights, is refused (only a task head may start anew). A saved student is a
-Hugging Face directory (``config.json`` + ``model.safetensors``, the processor's files) plus
-``vldistill_student.json`` (kind, task, answers) and a ``README.md`` saying how to load it;
-``load_student`` goes through the same ``from_pretrained`` code as a user's hub id.
+Three kinds: ``fusion`` (ViLT), ``dual`` (DiDE's dual encoder) and ``prior`` (the text-only control,
+``vldistill.models.prior``). A student is a pretrained checkpoint (hub id or directory, loaded by
+transformers' ``from_pretrained``) or a tiny randomly initialised model from the size fields. A
+checkpoint of another architecture, or one that lacks backbone weights, is refused (only a task head
+may start anew). A saved student is a Hugging Face directory (``config.json`` + ``model.safetensors``,
+the processor's files) plus ``vldistill_student.json`` (kind, task, answers) and a ``README.md`` saying
+how to load it; ``load_student`` goes through the same ``from_pretrained`` code as a user's hub id.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from transformers import BertConfig, ViltConfig, ViTConfig
 
@@ -22,6 +23,7 @@ from vldistill.errors import ConfigError
 from vldistill.models.dual import DualEncoderConfig, DualEncoderStudent, load_tower, tower_from_config
 from vldistill.models.fusion import FusionStudent, _hf_class, task_config_kwargs
 from vldistill.models.loading import check_loaded_weights, checkpoint_model_type, resolve_pretrained
+from vldistill.models.prior import TextPriorConfig, TextPriorStudent
 from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor, image_settings
 
 STUDENT_FILE = "vldistill_student.json"
@@ -38,11 +40,17 @@ class StudentConfig(BaseModel):
     ``max_text_len`` (tokens per text, special tokens included) may not exceed the text positions of a
     pretrained model: a ViLT checkpoint has 40, BERT 512, CLIP 77. A larger value is a ``ConfigError``
     naming the key and the limit, rather than a crash at the first long text or a silent cut.
+
+    ``kind: prior`` (the text-only control) reads the token ids of the student it stands beside: its
+    tokenizer is that of ``pretrained`` or ``text_pretrained`` as for the other kinds (the packaged MiniLM
+    without either). A ``pretrained`` folder holding a saved prior is loaded with its weights; any other
+    checkpoint only lends its tokenizer (and image settings, which the prior never reads) to a new prior
+    of ``buckets`` hashed n-gram embeddings of width ``hidden_size``. The other size fields do not apply.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["fusion", "dual"] = "fusion"
+    kind: Literal["fusion", "dual", "prior"] = "fusion"
     pretrained: str | None = None
     image_pretrained: str | None = None
     text_pretrained: str | None = None
@@ -54,6 +62,7 @@ class StudentConfig(BaseModel):
     patch_size: int = 8
     max_text_len: int = 40
     vocab_size: int = 30522  # the MiniLM / BERT-uncased WordPiece vocabulary
+    buckets: int = Field(65536, ge=2)  # kind prior: hashed unigram + bigram embeddings (fastText's "buckets")
 
     @model_validator(mode="after")
     def _check(self) -> StudentConfig:
@@ -92,7 +101,8 @@ def _tiny_vilt(cfg: StudentConfig) -> ViltConfig:
 def text_positions(model: nn.Module) -> int:
     """How many text tokens (special tokens included) ``model`` can read: its position table's usable rows.
 
-    RoBERTa-family encoders number positions from ``padding_idx + 1``, so that many rows are unused.
+    RoBERTa-family encoders number positions from ``padding_idx + 1``, so that many rows are unused. A
+    text-only prior has no position table (``check_text_length`` lets it read any length).
     """
     if isinstance(model, FusionStudent):
         return int(model.config.max_position_embeddings)
@@ -111,6 +121,8 @@ def check_text_length(model: nn.Module, max_text_len: int, source: str) -> None:
     Raises:
         ConfigError: naming ``student.max_text_len``, the model's limit and ``source``.
     """
+    if isinstance(model, TextPriorStudent):
+        return
     positions = text_positions(model)
     if max_text_len > positions:
         raise ConfigError(
@@ -120,7 +132,7 @@ def check_text_length(model: nn.Module, max_text_len: int, source: str) -> None:
 
 
 def build_student(cfg: StudentConfig, task: str, num_labels: int, answers: list[str] | None = None) -> nn.Module:
-    """A ``FusionStudent`` or ``DualEncoderStudent`` for ``task``.
+    """A ``FusionStudent``, ``DualEncoderStudent`` or ``TextPriorStudent`` for ``task``.
 
     ``num_labels`` is the answer-vocabulary size for vqa (``answers`` its labels); the other tasks
     have a fixed head (3 classes, 4 candidates, 2 classes).
@@ -139,6 +151,8 @@ def build_student(cfg: StudentConfig, task: str, num_labels: int, answers: list[
 
 
 def _build(cfg: StudentConfig, task: str, num_labels: int, answers: list[str] | None) -> nn.Module:
+    if cfg.kind == "prior":
+        return _build_prior(cfg, task, num_labels, answers)
     if cfg.kind == "fusion":
         if cfg.pretrained:
             name = resolve_pretrained(cfg.pretrained, "student.pretrained")
@@ -180,6 +194,23 @@ def _load_dual(name: str, task: str, num_labels: int, answers: list[str] | None)
     return model
 
 
+def _build_prior(cfg: StudentConfig, task: str, num_labels: int, answers: list[str] | None) -> TextPriorStudent:
+    """A saved prior (``student.pretrained`` a folder written by ``save_student``) or a new one."""
+    key = "student.pretrained"
+    if cfg.pretrained:
+        name = resolve_pretrained(cfg.pretrained, key)
+        if checkpoint_model_type(name, key) == TextPriorConfig.model_type:
+            kwargs = task_config_kwargs(task, num_labels, answers)
+            kwargs.pop("num_images", None)
+            # A prior trained on another answer set keeps its n-gram embeddings and gets a new head.
+            model, info = TextPriorStudent.from_pretrained(
+                name, task=task, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs
+            )
+            check_loaded_weights(info, name, key, new_ok=("head.",), fix="give a complete prior folder")
+            return model
+    return TextPriorStudent.for_task(task, num_labels, answers, buckets=cfg.buckets, hidden_size=cfg.hidden_size)
+
+
 def _model_card(kind: str, task: str) -> str:
     """``README.md`` of a saved student: what it is and how to load it without vldistill's training code."""
     if kind == "fusion":
@@ -196,6 +227,18 @@ inputs = processor(images=image, text=question, return_tensors="pt", padding=Tru
 
 Without torchvision, transformers' PIL image processor gives vldistill's pixels bit for bit (with it, pass
 `backend="pil"` to `AutoImageProcessor.from_pretrained(folder)`)."""
+    elif kind == "prior":
+        usage = f"""A text-only prior for {task}: hashed unigrams and bigrams of the text, no image (vldistill's
+own class, a transformers `PreTrainedModel`; see `vldistill.models.prior`).
+
+```python
+from vldistill.models.prior import TextPriorStudent
+from vldistill.models.processing import Processor
+
+model = TextPriorStudent.from_pretrained(folder).eval()
+processor = Processor.from_pretrained(folder)
+logits = model(processor(examples, images)).logits  # the images are loaded but never read
+```"""
     else:
         usage = f"""A dual-encoder student for {task} (vldistill's own class, a transformers `PreTrainedModel`).
 
@@ -223,6 +266,8 @@ def save_student(model: nn.Module, directory: str | Path, processor: Processor |
         kind, task, config = "fusion", model.task, model.config
     elif isinstance(model, DualEncoderStudent):
         kind, task, config = "dual", model.task, model.config
+    elif isinstance(model, TextPriorStudent):
+        kind, task, config = "prior", model.task, model.config
     else:
         raise TypeError(f"not a vldistill student: {type(model).__name__}")
     model.save_pretrained(directory)
