@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -27,6 +28,7 @@ from vldistill.data.examples import TaskExample
 from vldistill.errors import DataError, VldistillError
 from vldistill.models.heads import task_targets
 from vldistill.models.outputs import ModelInputs
+from vldistill.models.processing import Processor, check_batch, word_index_from_offsets
 
 SKIP_FIX = "set data.skip_bad: true to drop the examples whose images are missing or unreadable"
 
@@ -119,6 +121,97 @@ class ImageStore:
         if len(self._images) > self.capacity:
             self._images.popitem(last=False)
         return img
+
+
+class CachingProcessor:
+    """A :class:`Processor` that resizes each image and tokenizes each text once: the same tensors, bit for bit.
+
+    A run evaluates the same pictures and questions again and again (every epoch, every dev evaluation,
+    the test splits and their image-shuffled controls); the per-batch work of the processor was about
+    a quarter of a step of the demo's student (``bench/step_profile.py``). Kept per instance, i.e. per
+    processor and run:
+
+    - images: the resized ``uint8`` pixels of each image *path* (``examples[b].images[k]`` names
+      ``images[b][k]``), least recently used out beyond ``max_image_bytes``; scaling and normalising,
+      cheap, are redone per batch exactly as :meth:`Processor.normalize` does;
+    - texts: the unpadded token ids and word indices of each text, least recently used out beyond
+      ``max_texts``; a batch is padded to its longest text on the tokenizer's ``padding_side`` with its
+      ``pad_token_id``, as the tokenizer pads (a tokenizer without a pad token is called per batch).
+    """
+
+    def __init__(self, processor: Processor, *, max_image_bytes: int = 1 << 30, max_texts: int = 500_000) -> None:
+        self.processor = processor
+        self.max_image_bytes, self.max_texts = max_image_bytes, max_texts
+        self._pixels: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._pixel_bytes = 0
+        self._texts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def __call__(self, examples: Sequence[TaskExample], images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        """As :meth:`Processor.__call__`; ``images[b]`` must be the images at ``examples[b].images``."""
+        n_images, n_texts = check_batch(examples, images)
+        resized = [
+            self._resized(path, im)
+            for ex, ims in zip(examples, images, strict=True)
+            for path, im in zip(ex.images, ims, strict=True)
+        ]
+        pixel_values = self.processor.normalize(resized)
+        input_ids, attention_mask, word_index = self.tokenize([t for ex in examples for t in ex.texts])
+        return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, examples[0].task)
+
+    def _resized(self, path: Path, image: Image.Image) -> np.ndarray:
+        array = self._pixels.get(path)
+        if array is not None:
+            self._pixels.move_to_end(path)
+            return array
+        array = self.processor.resize(image)
+        self._pixels[path] = array
+        self._pixel_bytes += array.nbytes
+        while self._pixel_bytes > self.max_image_bytes and len(self._pixels) > 1:
+            self._pixel_bytes -= self._pixels.popitem(last=False)[1].nbytes
+        return array
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`Processor.tokenize`: ``input_ids``, ``attention_mask``, ``word_index``, each ``(N, L)``."""
+        tokenizer = self.processor.tokenizer
+        if tokenizer.pad_token_id is None:
+            return self.processor.tokenize(texts)
+        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for text in dict.fromkeys(texts):
+            hit = self._texts.get(text)
+            if hit is not None:
+                self._texts.move_to_end(text)
+                found[text] = hit
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            found.update(self._encode(missing))
+        encoded = [found[t] for t in texts]
+        length = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(texts), length), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
+        word_index = torch.full((len(texts), length), -1, dtype=torch.long)
+        left = tokenizer.padding_side == "left"
+        for row, (ids, words) in enumerate(encoded):
+            span = slice(length - len(ids), length) if left else slice(0, len(ids))
+            input_ids[row, span] = ids
+            attention_mask[row, span] = 1
+            word_index[row, span] = words
+        return input_ids, attention_mask, word_index
+
+    def _encode(self, texts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Unpadded token ids and word indices of ``texts``, kept (least recently used out beyond ``max_texts``)."""
+        processor = self.processor
+        cased = [t.lower() for t in texts] if processor.lowercase else texts
+        enc = processor.tokenizer(
+            cased, padding=False, truncation=True, max_length=processor.max_length, return_offsets_mapping=True
+        )
+        fresh = {}
+        for text, lowered, ids, offsets in zip(texts, cased, enc["input_ids"], enc["offset_mapping"], strict=True):
+            words = word_index_from_offsets(lowered, offsets)
+            fresh[text] = (torch.tensor(ids, dtype=torch.long), torch.tensor(words, dtype=torch.long))
+        self._texts.update(fresh)
+        while len(self._texts) > self.max_texts:
+            self._texts.popitem(last=False)
+        return fresh
 
 
 @dataclass

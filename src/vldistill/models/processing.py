@@ -141,6 +141,25 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def check_batch(examples: Sequence[TaskExample], images: Sequence[Sequence[Image.Image]]) -> tuple[int, int]:
+    """``(images, texts)`` per example.
+
+    Raises:
+        ValueError: an example whose task or counts differ from the first one's.
+    """
+    if not examples or len(examples) != len(images):
+        raise ValueError(f"need one image list per example, got {len(examples)} examples, {len(images)}")
+    first = examples[0]
+    n_images, n_texts = len(first.images), len(first.texts)
+    for ex, ims in zip(examples, images, strict=True):
+        if ex.task != first.task or len(ex.texts) != n_texts or len(ims) != n_images:
+            raise ValueError(
+                f"example {ex.uid}: a batch needs one task and {n_images} images / {n_texts} texts "
+                f"per example, got {ex.task} with {len(ims)} images / {len(ex.texts)} texts"
+            )
+    return n_images, n_texts
+
+
 class Processor:
     """Resize, normalise and tokenize a batch of examples for one model.
 
@@ -210,16 +229,21 @@ class Processor:
         """
         return cls(load_tokenizer(name_or_path), image_size, image_mean, image_std, max_length=max_length)
 
-    def images_to_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``(N, 3, height, width)`` float: bicubic resize, scale to [0, 1], normalise."""
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """``(height, width, 3)`` uint8: the image in RGB, bicubic-resized to ``image_size``."""
         height, width = self.image_size
-        arrays = [
-            np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC), np.float32) for im in images
-        ]
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
+        return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
+
+    def normalize(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(N, 3, height, width)`` float from ``N`` :meth:`resize` outputs: scale to [0, 1], normalise."""
+        pixels = torch.from_numpy(np.stack(resized).astype(np.float32)).permute(0, 3, 1, 2) / 255.0
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return (pixels - mean) / std
+
+    def images_to_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``(N, 3, height, width)`` float: bicubic resize, scale to [0, 1], normalise."""
+        return self.normalize([self.resize(im) for im in images])
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``input_ids``, ``attention_mask`` and ``word_index``, each ``(N, L)``, L = longest text."""
@@ -243,19 +267,10 @@ class Processor:
 
         All examples must have the same task and the same number of images and of texts.
         """
-        if not examples or len(examples) != len(images):
-            raise ValueError(f"need one image list per example, got {len(examples)} examples, {len(images)}")
-        first = examples[0]
-        n_images, n_texts = len(first.images), len(first.texts)
-        for ex, ims in zip(examples, images, strict=True):
-            if ex.task != first.task or len(ex.texts) != n_texts or len(ims) != n_images:
-                raise ValueError(
-                    f"example {ex.uid}: a batch needs one task and {n_images} images / {n_texts} texts "
-                    f"per example, got {ex.task} with {len(ims)} images / {len(ex.texts)} texts"
-                )
+        n_images, n_texts = check_batch(examples, images)
         pixel_values = self.images_to_tensor([im for ims in images for im in ims])
         input_ids, attention_mask, word_index = self.tokenize([t for ex in examples for t in ex.texts])
-        return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, first.task)
+        return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, examples[0].task)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the tokenizer and ``preprocessor_config.json`` so ``from_pretrained(directory)`` rebuilds this.
