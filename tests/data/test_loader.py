@@ -46,9 +46,13 @@ def _batch(indices: list[int], images: dict[Path, Image.Image]) -> tuple[list[Ta
 
 def _same(a: ModelInputs, b: ModelInputs) -> bool:
     tensors = ("pixel_values", "input_ids", "attention_mask", "word_index")
-    return all(
-        getattr(a, t).dtype == getattr(b, t).dtype and torch.equal(getattr(a, t), getattr(b, t)) for t in tensors
-    ) and (a.n_images, a.n_texts, a.task) == (b.n_images, b.n_texts, b.task)
+    same = all(
+        getattr(a, t).dtype == getattr(b, t).dtype
+        and getattr(a, t).stride() == getattr(b, t).stride()  # the memory layout too: kernels may depend on it
+        and torch.equal(getattr(a, t), getattr(b, t))
+        for t in tensors
+    )
+    return same and (a.n_images, a.n_texts, a.task) == (b.n_images, b.n_texts, b.task)
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +79,10 @@ def test_cached_batches_equal_the_processors_bit_for_bit(processor: Processor, v
 
 
 def test_the_caches_stay_within_their_bounds_and_still_give_the_same_tensors(processor: Processor) -> None:
-    per_image = 24 * 32 * 3  # uint8 bytes of one resized image
+    per_image = 24 * 32 * 3 * 4  # float32 bytes of one normalised image
     cached = CachingProcessor(processor, max_image_bytes=2 * per_image, max_texts=2)
     images = _images()
     examples, batch_images = _batch([0, 1, 2, 3, 4], images)
     assert _same(cached(examples, batch_images), processor(examples, batch_images))
     assert list(cached._pixels) == [Path("/img/3.png"), Path("/img/4.png")]  # the two most recent
     assert cached._pixel_bytes == 2 * per_image and len(cached._texts) == 2
-
-
-def test_pixels_are_those_of_the_float_pipeline_before_the_cache(processor: Processor) -> None:
-    """Resize to uint8 then scale equals the former per-image float32 conversion, bit for bit."""
-    images = list(_images().values())
-    arrays = [np.asarray(im.convert("RGB").resize((32, 24), Image.Resampling.BICUBIC), np.float32) for im in images]
-    before = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
-    before = (before - torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)) / torch.tensor([0.5] * 3).view(1, 3, 1, 1)
-    assert torch.equal(processor.images_to_tensor(images), before)

@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.nn.utils.rnn import pad_sequence
 
 from vldistill.data.examples import TaskExample
 from vldistill.errors import DataError, VldistillError
@@ -124,16 +124,17 @@ class ImageStore:
 
 
 class CachingProcessor:
-    """A :class:`Processor` that resizes each image and tokenizes each text once: the same tensors, bit for bit.
+    """A :class:`Processor` that normalises each image and tokenizes each text once: the same tensors, bit for bit.
 
     A run evaluates the same pictures and questions again and again (every epoch, every dev evaluation,
     the test splits and their image-shuffled controls); the per-batch work of the processor was about
     a quarter of a step of the demo's student (``bench/step_profile.py``). Kept per instance, i.e. per
     processor and run:
 
-    - images: the resized ``uint8`` pixels of each image *path* (``examples[b].images[k]`` names
-      ``images[b][k]``), least recently used out beyond ``max_image_bytes``; scaling and normalising,
-      cheap, are redone per batch exactly as :meth:`Processor.normalize` does;
+    - images: the normalised pixels of each image *path* (``examples[b].images[k]`` names
+      ``images[b][k]``), ``float32`` in ``(height, width, 3)`` order (the processor's own memory
+      layout, so that a batch has the very strides the processor gives it), least recently used out
+      beyond ``max_image_bytes`` (48 KiB an image at 64 px; 1.7 MiB at 384 px);
     - texts: the unpadded token ids and word indices of each text, least recently used out beyond
       ``max_texts``; a batch is padded to its longest text on the tokenizer's ``padding_side`` with its
       ``pad_token_id``, as the tokenizer pads (a tokenizer without a pad token is called per batch).
@@ -142,7 +143,7 @@ class CachingProcessor:
     def __init__(self, processor: Processor, *, max_image_bytes: int = 1 << 30, max_texts: int = 500_000) -> None:
         self.processor = processor
         self.max_image_bytes, self.max_texts = max_image_bytes, max_texts
-        self._pixels: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._pixels: OrderedDict[Path, torch.Tensor] = OrderedDict()
         self._pixel_bytes = 0
         self._texts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
@@ -150,25 +151,26 @@ class CachingProcessor:
         """As :meth:`Processor.__call__`; ``images[b]`` must be the images at ``examples[b].images``."""
         n_images, n_texts = check_batch(examples, images)
         resized = [
-            self._resized(path, im)
+            self._normalized(path, im)
             for ex, ims in zip(examples, images, strict=True)
             for path, im in zip(ex.images, ims, strict=True)
         ]
-        pixel_values = self.processor.normalize(resized)
+        pixel_values = torch.stack(resized).permute(0, 3, 1, 2)
         input_ids, attention_mask, word_index = self.tokenize([t for ex in examples for t in ex.texts])
         return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, examples[0].task)
 
-    def _resized(self, path: Path, image: Image.Image) -> np.ndarray:
-        array = self._pixels.get(path)
-        if array is not None:
+    def _normalized(self, path: Path, image: Image.Image) -> torch.Tensor:
+        """``(height, width, 3)`` float32: the image as :meth:`Processor.images_to_tensor` normalises it."""
+        pixels = self._pixels.get(path)
+        if pixels is not None:
             self._pixels.move_to_end(path)
-            return array
-        array = self.processor.resize(image)
-        self._pixels[path] = array
-        self._pixel_bytes += array.nbytes
+            return pixels
+        pixels = self.processor.images_to_tensor([image])[0].permute(1, 2, 0)
+        self._pixels[path] = pixels
+        self._pixel_bytes += pixels.nbytes
         while self._pixel_bytes > self.max_image_bytes and len(self._pixels) > 1:
             self._pixel_bytes -= self._pixels.popitem(last=False)[1].nbytes
-        return array
+        return pixels
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`Processor.tokenize`: ``input_ids``, ``attention_mask``, ``word_index``, each ``(N, L)``."""
@@ -185,17 +187,14 @@ class CachingProcessor:
         if missing:
             found.update(self._encode(missing))
         encoded = [found[t] for t in texts]
-        length = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(texts), length), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(texts), length), dtype=torch.long)
-        word_index = torch.full((len(texts), length), -1, dtype=torch.long)
-        left = tokenizer.padding_side == "left"
-        for row, (ids, words) in enumerate(encoded):
-            span = slice(length - len(ids), length) if left else slice(0, len(ids))
-            input_ids[row, span] = ids
-            attention_mask[row, span] = 1
-            word_index[row, span] = words
-        return input_ids, attention_mask, word_index
+        side = tokenizer.padding_side
+
+        def pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+            return pad_sequence(rows, batch_first=True, padding_value=value, padding_side=side)
+
+        input_ids = pad([ids for ids, _ in encoded], tokenizer.pad_token_id)
+        attention_mask = pad([torch.ones_like(ids) for ids, _ in encoded], 0)
+        return input_ids, attention_mask, pad([words for _, words in encoded], -1)
 
     def _encode(self, texts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Unpadded token ids and word indices of ``texts``, kept (least recently used out beyond ``max_texts``)."""

@@ -229,21 +229,16 @@ class Processor:
         """
         return cls(load_tokenizer(name_or_path), image_size, image_mean, image_std, max_length=max_length)
 
-    def resize(self, image: Image.Image) -> np.ndarray:
-        """``(height, width, 3)`` uint8: the image in RGB, bicubic-resized to ``image_size``."""
+    def images_to_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``(N, 3, height, width)`` float: bicubic resize, scale to [0, 1], normalise."""
         height, width = self.image_size
-        return np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
-
-    def normalize(self, resized: Sequence[np.ndarray]) -> torch.Tensor:
-        """``(N, 3, height, width)`` float from ``N`` :meth:`resize` outputs: scale to [0, 1], normalise."""
-        pixels = torch.from_numpy(np.stack(resized).astype(np.float32)).permute(0, 3, 1, 2) / 255.0
+        arrays = [
+            np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC), np.float32) for im in images
+        ]
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
         mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std).view(1, 3, 1, 1)
         return (pixels - mean) / std
-
-    def images_to_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``(N, 3, height, width)`` float: bicubic resize, scale to [0, 1], normalise."""
-        return self.normalize([self.resize(im) for im in images])
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``input_ids``, ``attention_mask`` and ``word_index``, each ``(N, L)``, L = longest text."""
