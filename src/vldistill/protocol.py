@@ -177,7 +177,7 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
 def rows_of(summary: dict[str, Any], task: str, condition: Condition, label: str, seed: int) -> list[dict[str, Any]]:
     rows = []
     for split, metrics in summary["eval"].items():
-        cond = condition.name if split == "eval" else "shift"
+        cond = condition.name if split.split(":")[0] == "eval" else "shift"  # "eval:shuffled": the run's control
         for metric, value in metrics.items():
             if metric == "ms_per_example":
                 continue
