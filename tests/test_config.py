@@ -85,3 +85,73 @@ def test_a_bad_value_in_the_file_still_names_the_file_despite_other_overrides(tm
 def test_overrides_apply() -> None:
     cfg = parse_config(tiny_tree(), "t", ["train.epochs=5", "method.name=kd", "data.max_eval=null"])
     assert (cfg.train.epochs, cfg.method.name, cfg.data.max_eval) == (5, "kd", None)
+
+
+# ---------------------------------------------------------------- the dev set and selection
+
+
+def test_snli_ve_selects_on_dev_and_reports_test_other_tasks_have_no_dev_by_default() -> None:
+    snli = parse_config(tiny_tree("snli_ve"), "t").data
+    assert (snli.splits(), snli.dev_split, snli.dev_holdout) == (("train", "test"), "dev", None)
+    for task, splits in {"vqa": ("train2014", "val2014"), "vcr": ("train", "val"), "nlvr2": ("train", "dev")}.items():
+        data = parse_config(tiny_tree(task), "t").data
+        assert (data.splits(), data.dev_split, data.has_dev) == (splits, None, False)
+
+
+def test_a_dev_holdout_replaces_the_default_dev_split_and_null_turns_it_off() -> None:
+    held = parse_config(tiny_tree("snli_ve", data={"dev_holdout": 0.2}), "t").data
+    assert (held.dev_split, held.dev_holdout, held.has_dev) == (None, 0.2, True)
+    assert parse_config(tiny_tree("vqa", data={"dev_holdout": 50}), "t").data.dev_holdout == 50
+    off = parse_config(tiny_tree("snli_ve", data={"dev_split": None}), "t").data
+    assert (off.dev_split, off.has_dev) == (None, False)
+    # config.yaml holds the resolved value, and reads back to the same config
+    for data in (held, off, parse_config(tiny_tree("snli_ve"), "t").data):
+        assert type(data).model_validate(data.model_dump(mode="json")) == data
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"dev_split": "dev", "dev_holdout": 100},
+            "data.dev_split ('dev') and data.dev_holdout (100) are both set, but a run selects on one dev set; "
+            "fix: remove one of them",
+        ),
+        (
+            {"dev_split": "test"},
+            "data.dev_split 'test' is the evaluation split, but the dev set must be held out from both (selecting "
+            "on the evaluation split tunes on it); fix: name another split, use data.dev_holdout, or set "
+            "data.dev_split: null",
+        ),
+        (
+            {"dev_split": "train"},
+            "data.dev_split 'train' is the training split, but the dev set must be held out from both (selecting "
+            "on the evaluation split tunes on it); fix: name another split, use data.dev_holdout, or set "
+            "data.dev_split: null",
+        ),
+        (
+            {"dev_holdout": 1.5},
+            "data.dev_holdout: 1.5 is not a fraction in (0, 1); fix: give a fraction such as 0.1, or a count of "
+            "records such as 200",
+        ),
+        (
+            {"dev_holdout": 0},
+            "data.dev_holdout: 0 is not a number of records; fix: give a count >= 1 or a fraction in (0, 1)",
+        ),
+    ],
+)
+def test_dev_set_errors_name_the_keys(data: dict, message: str) -> None:
+    assert _error(lambda: parse_config(tiny_tree("snli_ve", data=data), "t")) == message
+
+
+def test_selection_settings_need_a_dev_set_and_evaluations() -> None:
+    assert _error(lambda: parse_config(tiny_tree("vqa", train={"eval_every": 10}), "t")) == (
+        "train.eval_every (10) selects the weights on a dev set, but this vqa config has none; fix: set "
+        "data.dev_split (a split of the dataset) or data.dev_holdout (training records held out, e.g. 0.1)"
+    )
+    assert _error(lambda: parse_config(tiny_tree("snli_ve", train={"early_stopping": 3}), "t")) == (
+        "train.early_stopping (3) counts dev evaluations, but train.eval_every is not set, so there is only the "
+        "one at the end; fix: set train.eval_every (optimizer steps)"
+    )
+    cfg = parse_config(tiny_tree("vqa", data={"dev_holdout": 0.1}, train={"eval_every": 10, "early_stopping": 3}), "t")
+    assert (cfg.train.eval_every, cfg.train.early_stopping) == (10, 3)

@@ -56,10 +56,11 @@ REAL_PRESETS = {
 }
 SPLITS = {
     "vqa": ("train2014", "val2014"),
-    "snli_ve": ("train", "dev"),
+    "snli_ve": ("train", "test"),
     "vcr": ("train", "val"),
     "nlvr2": ("train", "dev"),
 }
+DEV_SPLITS = {"vqa": None, "snli_ve": "dev", "vcr": None, "nlvr2": None}  # model selection only
 DIDE_TEACHERS = {
     "vqa": "dandelin/vilt-b32-finetuned-vqa",
     "nlvr2": "dandelin/vilt-b32-finetuned-nlvr2",
@@ -119,7 +120,7 @@ def test_every_experiment_preset_validates(path: Path) -> None:
 def test_real_presets_use_the_papers_settings(name: str) -> None:
     cfg = load_config(PRESETS_DIR / f"{name}.yaml")
     task = REAL_PRESETS[name]
-    assert cfg.data.task == task and cfg.data.splits() == SPLITS[task]
+    assert cfg.data.task == task and cfg.data.splits() == SPLITS[task] and cfg.data.dev_split == DEV_SPLITS[task]
     assert cfg.data.root == f"/data/{task}"  # the placeholder docs/presets.md tells users to replace
     t = cfg.train
     assert (t.lr, t.warmup_ratio, t.mixed_precision) == (1e-4, 0.1, "bf16")

@@ -77,7 +77,7 @@ def test_protocol_rows_and_continuation(tmp_path, monkeypatch):
     assert calls[3:] == ["t/snli_ve/full/dide/seed0", "t/snli_ve/lowshot-0.5/none/seed0"]
     rows = read_results(out / "results.jsonl")
     cells = {(r["condition"], r["label"], r["student"], r["split"]) for r in rows if r["metric"] == "accuracy"}
-    assert cells == {
+    plain = {
         ("full", "none", "fusion", "eval"),
         ("shift", "none", "fusion", "shifted"),
         ("full", "dual", "dual", "eval"),
@@ -86,6 +86,8 @@ def test_protocol_rows_and_continuation(tmp_path, monkeypatch):
         ("shift", "dide", "dual", "shifted"),
         ("lowshot-0.5", "none", "fusion", "eval"),
     }
+    # each split beside its image-shuffle control, under the same condition
+    assert cells == plain | {(c, label, student, f"{split}:shuffled") for c, label, student, split in plain}
     low = next(r for r in rows if r["condition"] == "lowshot-0.5")
     full = next(r for r in rows if r["condition"] == "full" and r["label"] == "none")
     assert low["fraction"] == 0.5 and low["train_examples"] == full["train_examples"] // 2

@@ -58,7 +58,8 @@ def test_smoke_preset_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "vqa_accuracy" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["eval"]) == {"eval", "shifted"}
+    assert set(summary["eval"]) == {"eval", "shifted", "eval:shuffled", "shifted:shuffled"}
+    assert (summary["best_step"], summary["dev_evaluations"], "dev" in summary) == (summary["steps"], 0, False)
     assert (out / "final" / "model.safetensors").is_file() and (out / "subset.json").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epoch"] == 1 and rows[-1]["train_task"] > 0
@@ -77,9 +78,10 @@ def test_smoke_preset_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Loading weights" not in proc.stderr and "%|" not in proc.stderr, proc.stderr
     scores = json.loads((tmp_path / "eval" / "scores.json").read_text())
-    assert {k: v["vqa_accuracy"] for k, v in scores.items()} == {
-        k: v["vqa_accuracy"] for k, v in summary["eval"].items()
-    }
+    # the same metrics, breakdowns and image-shuffle controls as the training run's own evaluation
+    untimed = lambda splits: {k: {m: v for m, v in ms.items() if m != "ms_per_example"} for k, ms in splits.items()}  # noqa: E731
+    assert untimed(scores) == untimed(summary["eval"])
+    assert {k.split("/")[1] for k in scores["eval"] if "/" in k} == {"answer_type", "question_type"}
 
 
 def test_cpu_training_is_deterministic(tmp_path):
@@ -325,7 +327,8 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path, monkeypatch, capsys):
     assert run_cli([*args, "--overwrite", "--set", "train.seed=1"], monkeypatch, capsys).code == 0
     assert len(list((run / "tensorboard").rglob("events.out.tfevents.*"))) == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r.get("kind", "epoch") for r in rows] == ["step", "step", "step", "epoch"]
+    # SNLI-VE selects on its dev split: one dev evaluation at the last step, logged before that step's row
+    assert [r.get("kind", "epoch") for r in rows] == ["step", "step", "dev", "step", "epoch"]
     assert (run / "notes.txt").read_text() == "mine"
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
 

@@ -21,10 +21,14 @@ from vldistill.models.students import StudentConfig
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_SPLITS = {
     "vqa": ("train2014", "val2014"),
-    "snli_ve": ("train", "dev"),
+    "snli_ve": ("train", "test"),
     "vcr": ("train", "val"),
     "nlvr2": ("train", "dev"),
 }
+# A task's default dev split (model selection only): SNLI-VE ships train / dev / test, so it selects on
+# dev and reports test; VQA v2's test answers are hidden and VCR's, NLVR2's official evaluation split
+# is the one the papers report, so those tasks have no dev split unless one is configured.
+DEFAULT_DEV_SPLITS: dict[str, str | None] = {"vqa": None, "snli_ve": "dev", "vcr": None, "nlvr2": None}
 
 
 def cache_dir() -> Path:
@@ -42,6 +46,20 @@ class DataConfig(_Strict):
     ``root: world`` uses the generated world (rendered in ``style``), created on first use under the
     cache folder; any other value is a dataset root laid out as its publisher distributes it.
     ``shift_root`` adds a domain-shifted evaluation (``world:shifted`` for the world's other style).
+
+    **Dev set (model selection only).** ``dev_split`` names a split of the dataset, ``dev_holdout``
+    holds out this many training *records* (an int) or this fraction of them (a float in (0, 1)),
+    grouped by image so that no picture is in both (:func:`vldistill.experiment.hold_out_dev`). The
+    holdout is drawn with a fixed seed, independent of ``train.seed`` and ``subset_seed``, after
+    ``max_train`` and before the low-shot subset, so every method and seed of a protocol selects on the
+    same dev set and trains on subsets of the rest. The dev set only chooses the weights
+    (``train.eval_every``); the evaluation splits are evaluated once, at the end, with those weights.
+    When neither key is given, the task's default applies (SNLI-VE: ``dev``, its evaluation split
+    being ``test``; other tasks: none); ``dev_split: null`` turns it off.
+
+    Raises:
+        ConfigError: ``dev_split`` and ``dev_holdout`` both set, ``dev_split`` equal to the training or
+            evaluation split, or ``dev_holdout`` not a count >= 1 or a fraction in (0, 1).
     """
 
     task: Literal["vqa", "snli_ve", "vcr", "nlvr2"]
@@ -59,17 +77,72 @@ class DataConfig(_Strict):
     max_eval: int | None = Field(None, ge=1)
     skip_bad: bool = False
     min_answer_count: int = Field(1, ge=1)  # VQA answers seen fewer times are left out (ViLT: 9 on VQA v2)
+    dev_split: str | None = None
+    dev_holdout: int | float | None = None
 
     def splits(self) -> tuple[str, str]:
         train, evaluation = DEFAULT_SPLITS[self.task]
         return self.train_split or train, self.eval_split or evaluation
 
+    @property
+    def has_dev(self) -> bool:
+        """Whether the config gives a dev set (a split or a holdout) to select on."""
+        return self.dev_split is not None or self.dev_holdout is not None
+
+    @model_validator(mode="after")
+    def _dev_set(self) -> DataConfig:
+        if self.dev_split is not None and self.dev_holdout is not None:
+            raise ConfigError(
+                f"data.dev_split ({self.dev_split!r}) and data.dev_holdout ({self.dev_holdout}) are both set, but "
+                "a run selects on one dev set; fix: remove one of them"
+            )
+        holdout = self.dev_holdout
+        if isinstance(holdout, int) and holdout < 1:
+            raise ConfigError(
+                f"data.dev_holdout: {holdout!r} is not a number of records; fix: give a count >= 1 or a fraction "
+                "in (0, 1)"
+            )
+        if isinstance(holdout, float) and not 0 < holdout < 1:
+            raise ConfigError(
+                f"data.dev_holdout: {holdout} is not a fraction in (0, 1); fix: give a fraction such as 0.1, or a "
+                "count of records such as 200"
+            )
+        if "dev_split" not in self.model_fields_set and holdout is None:
+            self.dev_split = DEFAULT_DEV_SPLITS[self.task]
+        train, evaluation = self.splits()
+        if self.dev_split in (train, evaluation):
+            role = "evaluation" if self.dev_split == evaluation else "training"
+            raise ConfigError(
+                f"data.dev_split {self.dev_split!r} is the {role} split, but the dev set must be held out from "
+                "both (selecting on the evaluation split tunes on it); fix: name another split, use "
+                "data.dev_holdout, or set data.dev_split: null"
+            )
+        return self
+
 
 class TrainConfig(_Strict):
-    """Optimisation: AdamW with linear warmup and decay, on accelerate."""
+    """Optimisation: AdamW with linear warmup and decay, on accelerate; model selection on the dev set.
+
+    ``max_steps``: a step budget: train for exactly this many optimizer steps, over as many epochs as
+    that takes (``epochs`` is then ignored), with the schedule spanning those steps; for low-shot
+    subsets, whose epochs are a handful of steps.
+
+    ``eval_every``: evaluate on the dev set every this many optimizer steps and at the last step; the
+    run's ``final/`` student is the best of these evaluations on the task's primary metric (the first
+    best on a tie). ``early_stopping``: stop after this many dev evaluations in a row without
+    improvement. Without ``eval_every`` the final student is the last one (evaluated on dev at the end,
+    if there is a dev set). ``eval_each_epoch``: without a dev set, also evaluate the evaluation splits
+    after every epoch but the last (a learning curve in ``metrics.jsonl``; nothing is chosen from it);
+    with a dev set the evaluation splits are evaluated once, at the end.
+
+    Raises:
+        ConfigError: ``early_stopping`` without ``eval_every``.
+    """
 
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(None, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    early_stopping: int | None = Field(None, ge=1)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1)
@@ -82,9 +155,18 @@ class TrainConfig(_Strict):
     checkpoint_every: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
-    eval_each_epoch: bool = True  # False: evaluate once, after the last epoch (faster protocols)
+    eval_each_epoch: bool = True  # without a dev set: a learning curve on the evaluation splits
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _stopping_needs_evaluations(self) -> TrainConfig:
+        if self.early_stopping is not None and self.eval_every is None:
+            raise ConfigError(
+                f"train.early_stopping ({self.early_stopping}) counts dev evaluations, but train.eval_every is "
+                "not set, so there is only the one at the end; fix: set train.eval_every (optimizer steps)"
+            )
+        return self
 
 
 class CacheConfig(_Strict):
@@ -111,6 +193,16 @@ class ExperimentConfig(_Strict):
             raise ConfigError(
                 f"student.kind prior (the text-only control) is trained with the task loss alone, but method.name "
                 f"is '{self.method.name}'; fix: set method.name: none, or another student.kind"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _selection_needs_a_dev_set(self) -> ExperimentConfig:
+        if self.train.eval_every is not None and not self.data.has_dev:
+            raise ConfigError(
+                f"train.eval_every ({self.train.eval_every}) selects the weights on a dev set, but this "
+                f"{self.data.task} config has none; fix: set data.dev_split (a split of the dataset) or "
+                "data.dev_holdout (training records held out, e.g. 0.1)"
             )
         return self
 

@@ -1,23 +1,41 @@
-"""Predictions of a student on an evaluation set, scored with the official metrics."""
+"""Predictions of a student on an evaluation set, scored with the official metrics, with breakdowns and controls.
+
+Every split's scores hold the task's primary metric (:data:`PRIMARY_METRIC`) and its breakdowns, named
+``<primary>/<group>/<value>``: VQA ``vqa_accuracy/answer_type/<type>`` and
+``vqa_accuracy/question_type/<type>`` (the official evaluation's ``perAnswerType`` /
+``perQuestionType``), SNLI-VE ``accuracy/class/<label>``, NLVR2 ``accuracy/label/<True|False>`` (and
+its ``consistency``); VCR has ``q2a``, ``qa2r`` and ``q2ar``. :class:`Evaluator` adds the image-shuffle
+control of each split, ``<split>:shuffled`` (:func:`image_shuffled`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from vldistill.data.examples import TaskExample
-from vldistill.data.loader import Batch
+from vldistill.data.loader import Batch, ExampleDataset, ImageStore, collate_fn
 from vldistill.data.records import VE_LABELS, Record, VQARecord
+from vldistill.experiment import EvalSet
 from vldistill.metrics import nlvr2_scores, snli_ve_accuracy, vcr_accuracy
-from vldistill.metrics.vqa import question_accuracy, round2
+from vldistill.metrics.vqa import accuracy_by_type, question_accuracy
 from vldistill.models.dual import DualEncoderStudent, TowerEncoding
+from vldistill.models.outputs import ModelInputs
 
 PRIMARY_METRIC: dict[str, str] = {"vqa": "vqa_accuracy", "snli_ve": "accuracy", "vcr": "q2ar", "nlvr2": "accuracy"}
 """The figure each task's papers report first, used for tables and model selection."""
+SHUFFLED = ":shuffled"
+"""Suffix of a split's image-shuffle control: ``eval:shuffled``, ``shifted:shuffled``."""
+SHUFFLE_SEED = "vldistill/image-shuffle"
+"""The seed of :func:`image_shuffled`'s derangement: fixed, so every run is controlled on the same pairs."""
 
 
 def _concat(encodings: Sequence[TowerEncoding]) -> TowerEncoding:
@@ -70,23 +88,34 @@ def score(
     preds: Mapping[str, int],
     answers: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Official metrics in percent, rounded to 2 decimals as the official tools report them.
+    """Official metrics and their breakdowns (module docstring), in percent, rounded to 2 decimals as the official
+    tools report them.
 
     ``records`` maps the record id (``TaskExample.meta["record"]``) to its record (VQA needs the raw
-    annotator answers: the official metric processes them itself).
+    annotator answers and the question and answer types: the official metric processes them itself).
+    Breakdown groups are in sorted order; a group absent from the examples is left out.
     """
     if task == "vqa":
         assert answers is not None
-        accs = []
+        accs, types = [], []
         for ex in examples:
             rec = records[ex.meta["record"]]
             assert isinstance(rec, VQARecord)
             gt = [{"answer": a.answer, "answer_id": a.answer_id} for a in rec.answers]
             accs.append(question_accuracy(answers[preds[ex.uid]], gt))
-        return {"vqa_accuracy": round2(100 * sum(accs) / len(accs))}
+            types.append((rec.question_type, rec.answer_type))
+        summary = accuracy_by_type(accs, types)
+        return {
+            "vqa_accuracy": summary["overall"],
+            **{f"vqa_accuracy/answer_type/{t}": v for t, v in sorted(summary["perAnswerType"].items())},
+            **{f"vqa_accuracy/question_type/{t}": v for t, v in sorted(summary["perQuestionType"].items())},
+        }
     if task == "snli_ve":
         gold = {ex.uid: VE_LABELS[ex.label] for ex in examples}
-        out = snli_ve_accuracy(gold, {ex.uid: VE_LABELS[preds[ex.uid]] for ex in examples})
+        accuracies = snli_ve_accuracy(gold, {ex.uid: VE_LABELS[preds[ex.uid]] for ex in examples})
+        per_class = {c: accuracies.get(f"accuracy_{c}") for c in sorted(VE_LABELS)}
+        out = {"accuracy": accuracies["accuracy"]}
+        out.update({f"accuracy/class/{c}": v for c, v in per_class.items() if v is not None})
     elif task == "vcr":
         gold_pairs: dict[str, list[int]] = {}
         pred_pairs: dict[str, list[int]] = {}
@@ -98,10 +127,78 @@ def score(
             {k: (v[0], v[1]) for k, v in gold_pairs.items()}, {k: (v[0], v[1]) for k, v in pred_pairs.items()}
         )
     else:
-        out = nlvr2_scores(
-            {ex.uid: bool(ex.label) for ex in examples}, {ex.uid: bool(preds[ex.uid]) for ex in examples}
-        )
+        gold_labels = {ex.uid: bool(ex.label) for ex in examples}
+        out = nlvr2_scores(gold_labels, {ex.uid: bool(preds[ex.uid]) for ex in examples})
+        for label in (False, True):
+            ids = [uid for uid, gold in gold_labels.items() if gold is label]
+            if ids:
+                out[f"accuracy/label/{label}"] = 100 * sum(bool(preds[uid]) is label for uid in ids) / len(ids)
     return {k: round(v, 2) for k, v in out.items()}
+
+
+def image_shuffled(examples: Sequence[TaskExample]) -> list[TaskExample] | None:
+    """The image-shuffle control: ``examples`` with each one's image(s) replaced by another example's.
+
+    A fixed derangement of the set's distinct pictures (an NLVR2 pair moves as one; VCR's two examples
+    of a record share theirs): the pictures, sorted by path, are shuffled with :data:`SHUFFLE_SEED` into
+    a cycle and each is replaced by the next, so no example keeps its own picture, every question about
+    one picture gets the same other picture, and every run of a protocol is controlled on the same
+    pairs. Texts, labels and ids stay. ``None`` for a set with fewer than two distinct pictures.
+    """
+    pictures = sorted({ex.images for ex in examples}, key=lambda images: [str(p) for p in images])
+    if len(pictures) < 2:
+        return None
+    random.Random(SHUFFLE_SEED).shuffle(pictures)
+    successor = {picture: pictures[(i + 1) % len(pictures)] for i, picture in enumerate(pictures)}
+    return [dataclasses.replace(ex, images=successor[ex.images]) for ex in examples]
+
+
+@dataclass
+class Evaluator:
+    """How a run evaluates a student: one processor (a :class:`~vldistill.data.loader.CachingProcessor`, so
+    every pass reuses the resized images and tokenized texts), one image store, one batch size.
+
+    ``answers``: the VQA answer vocabulary (the student's classes), ``None`` for other tasks.
+    """
+
+    task: str
+    processor: Callable[[Sequence[TaskExample], Sequence[Sequence]], ModelInputs]
+    answers: Sequence[str] | None
+    batch_size: int
+    device: torch.device | str = "cpu"
+    store: ImageStore = field(default_factory=ImageStore)
+
+    def predict(self, student: nn.Module, examples: Sequence[TaskExample]) -> dict[str, int]:
+        """uid -> prediction of ``student`` on ``examples`` (:func:`predict`)."""
+        # Its own generator: evaluating must not draw from the training run's random stream.
+        loader = torch.utils.data.DataLoader(
+            ExampleDataset(examples, self.store),
+            batch_size=self.batch_size,
+            collate_fn=collate_fn(self.processor, self.task, self.answers),
+            generator=torch.Generator(),
+        )
+        return predict(student, loader, self.device)
+
+    def split(self, student: nn.Module, es: EvalSet) -> tuple[dict[str, float], dict[str, int]]:
+        """``(scores, predictions)`` on one set; the scores add ``ms_per_example`` (prediction time)."""
+        start = time.perf_counter()
+        preds = self.predict(student, es.examples)
+        elapsed = time.perf_counter() - start
+        scores = score(self.task, es.examples, es.records, preds, self.answers)
+        scores["ms_per_example"] = round(1000 * elapsed / max(len(es.examples), 1), 3)
+        return scores, preds
+
+    def __call__(
+        self, student: nn.Module, sets: Mapping[str, EvalSet], *, controls: bool = True
+    ) -> dict[str, dict[str, float]]:
+        """Scores of ``student`` on each set and, with ``controls``, its image-shuffle control ``<name>:shuffled``."""
+        results = {}
+        for name, es in sets.items():
+            results[name] = self.split(student, es)[0]
+            shuffled = image_shuffled(es.examples) if controls else None
+            if shuffled is not None:
+                results[name + SHUFFLED] = self.split(student, EvalSet(name + SHUFFLED, shuffled, es.records))[0]
+        return results
 
 
 def write_predictions(

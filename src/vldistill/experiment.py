@@ -7,6 +7,7 @@ and models.
 from __future__ import annotations
 
 import hashlib
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from vldistill.models.students import build_student, student_processor
 from vldistill.models.teachers.factory import build_teacher
 
 WORLD_PREFIX = "world"
+DEV_HOLDOUT_SEED = "vldistill/dev-holdout"
+"""The seed of ``data.dev_holdout``'s draw: fixed, so every method, seed and subset selects on one dev set."""
 
 
 def resolve_root(root: str, style: str, task: str, scale: float) -> Path:
@@ -82,12 +85,69 @@ class EvalSet:
 
 @dataclass
 class DataBundle:
+    """What a run trains on (``train``), selects on (``dev``, or ``None``) and reports (``evals``).
+
+    ``evals`` maps ``"eval"`` (and ``"shifted"`` with a ``shift_root``) to the evaluation splits.
+    """
+
     task: str
     builder: ExampleBuilder
     train: list[TaskExample]
     evals: dict[str, EvalSet]
     fingerprint: str
     sources: list[str] = field(default_factory=list)
+    dev: EvalSet | None = None
+
+
+def _record_of(ex: TaskExample) -> str:
+    return ex.meta.get("record", ex.uid)
+
+
+def hold_out_dev(examples: list[TaskExample], holdout: int | float) -> tuple[list[TaskExample], list[TaskExample]]:
+    """Split ``examples`` into ``(rest, dev)``: ``holdout`` records (an int) or that fraction of them (a float).
+
+    Records (a VCR record's two examples stay together) are grouped by image: records that share a
+    picture (an NLVR2 pair shares two) form one group, and whole groups go to the dev set, so no
+    picture is both trained on and selected on. Groups are drawn in a fixed random order
+    (``DEV_HOLDOUT_SEED``, independent of the input order and of every run seed) until the dev set holds
+    at least ``holdout`` records (a fraction: ``max(1, round(fraction * records))``). Both lists keep the
+    input order.
+
+    Raises:
+        ConfigError: the dev set would take every training record.
+    """
+    parent: dict[str, str] = {}
+
+    def find(node: str) -> str:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    records: dict[str, set[str]] = {}
+    for ex in examples:
+        records.setdefault(_record_of(ex), set()).update(str(p) for p in ex.images)
+    for images in records.values():
+        first, *others = sorted(images)
+        for other in others:
+            parent[find(other)] = find(first)
+    groups: dict[str, list[str]] = {}
+    for rid, images in records.items():
+        groups.setdefault(find(min(images)), []).append(rid)
+    order = sorted(sorted(g) for g in groups.values())
+    random.Random(DEV_HOLDOUT_SEED).shuffle(order)
+    wanted = holdout if isinstance(holdout, int) else max(1, round(holdout * len(records)))
+    chosen: set[str] = set()
+    for group in order:
+        if len(chosen) >= wanted:
+            break
+        chosen.update(group)
+    if len(chosen) >= len(records):
+        raise ConfigError(
+            f"data.dev_holdout ({holdout}) takes all {len(records)} training records (records sharing an image "
+            "stay together); fix: hold out fewer records, or use data.dev_split"
+        )
+    return [ex for ex in examples if _record_of(ex) not in chosen], [ex for ex in examples if _record_of(ex) in chosen]
 
 
 def _record_id(rec: Record) -> str:
@@ -106,8 +166,26 @@ def _files_digest(root: Path, split: str) -> str:
     return h.hexdigest()
 
 
+def _read_eval_set(
+    cfg: DataConfig, builder: ExampleBuilder, root: Path, split: str, name: str, verbose: bool
+) -> tuple[EvalSet, str]:
+    """An evaluation (or dev) split: its examples (at most ``max_eval`` records, with their images) and records."""
+    records = _read(cfg.task, root, split, cfg.skip_bad, verbose)
+    examples = builder(records)
+    if cfg.max_eval:
+        examples = _first_records(examples, cfg.max_eval)
+    examples = examples_with_images(
+        examples, skip_bad=cfg.skip_bad, where=f"{cfg.task} {split} ({name})", report=verbose
+    )
+    return EvalSet(name, examples, {_record_id(rec): rec for rec in records}), f"{root}:{split}"
+
+
 def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = True) -> DataBundle:
-    """Read the splits, build examples, draw the low-shot subset and save its manifest in ``out_dir``.
+    """Read the splits, build examples, draw the dev holdout and the low-shot subset, save the manifest in ``out_dir``.
+
+    In order: the training split (``max_train`` caps it), the dev holdout (``data.dev_holdout``, see
+    :func:`hold_out_dev`), the low-shot subset of the rest (or a manifest). ``data.dev_split`` is read as
+    an evaluation split is (``max_eval`` caps it too).
 
     Examples whose images are missing (or, with ``skip_bad``, unreadable) are dropped here, before
     training and evaluation (:func:`~vldistill.data.loader.examples_with_images`); without
@@ -121,6 +199,13 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
     train = builder(train_records)
     if cfg.max_train:  # a cap on the training set itself: low-shot fractions are fractions of it
         train = _first_records(train, cfg.max_train)
+    dev = None
+    if cfg.dev_holdout is not None:
+        train, held_out = hold_out_dev(train, cfg.dev_holdout)
+        held_out = examples_with_images(
+            held_out, skip_bad=cfg.skip_bad, where=f"{cfg.task} {train_split} (dev holdout)", report=verbose
+        )
+        dev = EvalSet("dev", held_out, {_record_id(rec): rec for rec in train_records})
     if cfg.manifest:
         train = apply_manifest(Path(cfg.manifest), train)
     elif cfg.fraction is not None or cfg.per_group is not None:
@@ -137,25 +222,23 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
             per_group=cfg.per_group,
             seed=cfg.subset_seed,
             max_train=cfg.max_train,
+            dev_split=cfg.dev_split,
+            dev_holdout=cfg.dev_holdout,
         )
-    evals: dict[str, EvalSet] = {}
     sources = [f"{root}:{train_split}"]
+    if cfg.dev_split is not None:
+        dev, source = _read_eval_set(cfg, builder, root, cfg.dev_split, "dev", verbose)
+        sources.append(source)
     roots = {"eval": root}
     if cfg.shift_root:
         roots["shifted"] = resolve_root(cfg.shift_root, cfg.style, cfg.task, cfg.world_scale)
+    evals: dict[str, EvalSet] = {}
     for name, r in roots.items():
-        records = _read(cfg.task, r, eval_split, cfg.skip_bad, verbose)
-        examples = builder(records)
-        if cfg.max_eval:
-            examples = _first_records(examples, cfg.max_eval)
-        examples = examples_with_images(
-            examples, skip_bad=cfg.skip_bad, where=f"{cfg.task} {eval_split} ({name})", report=verbose
-        )
-        evals[name] = EvalSet(name, examples, {_record_id(rec): rec for rec in records})
-        sources.append(f"{r}:{eval_split}")
+        evals[name], source = _read_eval_set(cfg, builder, r, eval_split, name, verbose)
+        sources.append(source)
     # The split's files, not the subset: one teacher cache serves every subset of a split.
     digest = hashlib.sha256(f"{cfg.task}:{train_split}:{_files_digest(root, train_split)}".encode()).hexdigest()
-    return DataBundle(cfg.task, builder, train, evals, digest, sources)
+    return DataBundle(cfg.task, builder, train, evals, digest, sources, dev)
 
 
 @dataclass

@@ -4,12 +4,14 @@ A run folder holds ``config.yaml`` (the resolved config: every default filled in
 overrides applied; ``vldistill eval RUN`` reads it), ``checkpoints/``, ``tensorboard/``,
 ``metrics.jsonl``, ``subset.json``, ``final/`` and ``summary.json``.
 
-``metrics.jsonl`` has two kinds of rows: one per ``log_every`` steps, ``{"kind": "step", "step",
+``metrics.jsonl`` has three kinds of rows: one per ``log_every`` steps, ``{"kind": "step", "step",
 "epoch", "lr", "loss", "grad_norm", "train_<term>"...}`` (``loss``: the total loss of the step's
-window, the one whose gradient was applied; ``grad_norm``: before clipping), and one per epoch
-without ``kind`` (the trainer's own fields: ``epoch``, ``step``, the epoch's mean ``train_<term>``,
-``eval``, ``seconds``). TensorBoard gets ``train/lr``, ``train/loss``, ``train/grad_norm`` and
-``train/<term>`` at the same steps.
+window, the one whose gradient was applied; ``grad_norm``: before clipping); one per dev evaluation,
+``{"kind": "dev", "step", "epoch", "dev": {metric: value}, "best": bool}`` (``best``: these weights are
+the selected ones so far, see :mod:`vldistill.model_selection`); and one per epoch without ``kind``
+(the trainer's own fields: ``epoch``, ``step``, the epoch's mean ``train_<term>``, ``eval``,
+``seconds``). TensorBoard gets ``train/lr``, ``train/loss``, ``train/grad_norm`` and
+``train/<term>`` at the same steps, and ``dev/<metric>`` at each dev evaluation.
 
 Reuse rules:
 
@@ -150,7 +152,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def trim_rows(path: Path, pos: Position) -> None:
     """Drop the rows logged after the checkpoint at ``pos`` (a resumed run logs them again)."""
     rows = read_rows(path)
-    keep = [r for r in rows if (r["step"] <= pos.step if r.get("kind") == "step" else r["epoch"] <= pos.epoch)]
+    keep = [r for r in rows if (r["step"] <= pos.step if "kind" in r else r["epoch"] <= pos.epoch)]
     if len(keep) != len(rows):
         path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
@@ -281,6 +283,11 @@ class RunFolder:
             "(--resume may not change them)"
         )
 
+    def log_row(self, step: int, row: Mapping[str, Any], scalars: Mapping[str, float]) -> None:
+        """A row with a ``kind`` (and a ``step``) in ``metrics.jsonl``, its ``scalars`` in TensorBoard at ``step``."""
+        self.accelerator.log(dict(scalars), step=step)
+        self._append(row)
+
     def stop_if_asked(self, pos: Position) -> None:
         """Raises ``Interrupted`` (after a checkpoint at ``pos``) if SIGINT or SIGTERM came."""
         signum = self.signals.requested(self.accelerator)
@@ -288,6 +295,10 @@ class RunFolder:
             if self._saved_at != pos.step:
                 self.save(pos)
             raise Interrupted(signum, step=pos.step)
+
+    def rows(self, kind: str) -> list[dict[str, Any]]:
+        """The rows of ``kind`` in ``metrics.jsonl``, those of earlier attempts of a resumed run included."""
+        return [r for r in read_rows(self.metrics) if r.get("kind") == kind]
 
     def epoch_rows(self) -> list[dict[str, Any]]:
         """The epoch rows of ``metrics.jsonl``, those of earlier attempts of a resumed run included."""

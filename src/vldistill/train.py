@@ -8,7 +8,9 @@ processes (accelerate splits each batch), so a run matches itself across process
 last, shorter window included (:class:`~vldistill.engine.AccumulationPlan`).
 
 The run folder (``config.yaml``, checkpoints, ``metrics.jsonl``, TensorBoard, the rules for reusing
-a folder, Ctrl-C and SIGTERM) is :mod:`vldistill.run_folder`.
+a folder, Ctrl-C and SIGTERM) is :mod:`vldistill.run_folder`; which weights the run keeps (the best on
+the dev set) is :mod:`vldistill.model_selection`. The dev set is used for that choice only: the
+evaluation splits are evaluated once, at the end, with the selected weights.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from vldistill.cache import open_teacher_cache
 from vldistill.config import ExperimentConfig
-from vldistill.data.loader import Batch, ExampleDataset, ImageStore, collate_fn
+from vldistill.data.loader import Batch, CachingProcessor, ExampleDataset, ImageStore, collate_fn
 from vldistill.engine import (
     AccumulationPlan,
     EpochSampler,
@@ -37,13 +39,14 @@ from vldistill.engine import (
     make_accelerator,
     optimizer_step,
 )
-from vldistill.evaluate import PRIMARY_METRIC, predict, score
-from vldistill.experiment import Built, DataBundle, build_models, load_data
+from vldistill.evaluate import PRIMARY_METRIC, Evaluator
+from vldistill.experiment import Built, EvalSet, build_models, load_data
 from vldistill.interrupt import ignore_stop_signals
+from vldistill.model_selection import ModelSelection
 from vldistill.models.heads import task_loss
 from vldistill.models.students import save_student
 from vldistill.progress import TrainProgress
-from vldistill.run_folder import RunFolder
+from vldistill.run_folder import Position, RunFolder
 
 __all__ = ["HARMLESS_CHANGES", "EpochSampler", "NumericsError", "build_optimizer", "train"]
 
@@ -121,23 +124,22 @@ def teacher_targets_for_batch(
     return {n: {k: v.to(device) for k, v in t.items()} for n, t in built.method.targets(batch).items()}
 
 
-def evaluate_all(
-    student: nn.Module, data: DataBundle, processor: Any, batch_size: int, store: ImageStore, device: torch.device
-) -> dict[str, dict[str, float]]:
-    """Official metrics of ``student`` on every evaluation set."""
-    results = {}
-    collate = collate_fn(processor, data.task, data.builder.answers or None)
-    for name, es in data.evals.items():
-        # Its own generator: evaluating must not draw from the training run's random stream.
-        loader = torch.utils.data.DataLoader(
-            ExampleDataset(es.examples, store), batch_size=batch_size, collate_fn=collate, generator=torch.Generator()
-        )
-        start = time.perf_counter()
-        preds = predict(student, loader, device)
-        elapsed = time.perf_counter() - start
-        results[name] = score(data.task, es.examples, es.records, preds, data.builder.answers or None)
-        results[name]["ms_per_example"] = round(1000 * elapsed / max(len(es.examples), 1), 3)
-    return results
+def dev_evaluation(accelerator: Any, evaluate: Evaluator, student: nn.Module, dev: EvalSet) -> dict[str, float]:
+    """The dev set's scores, computed by the main process and shared with all (they select and stop together)."""
+    scores: dict[str, float] = {}
+    if accelerator.is_main_process:
+        scores = evaluate.split(student, dev)[0]
+        scores.pop("ms_per_example")  # a timing: the selection's record must not depend on the machine's load
+    return broadcast_object_list([scores])[0]
+
+
+def select_on_dev(
+    selection: ModelSelection, accelerator: Any, evaluate: Evaluator, student: nn.Module, dev: EvalSet, pos: Position
+) -> tuple[dict[str, float], bool]:
+    """Evaluate ``student`` on the dev set after step ``pos.step`` and let ``selection`` keep or pass it."""
+    scores = dev_evaluation(accelerator, evaluate, student, dev)
+    improved = selection.update(pos.step, scores[PRIMARY_METRIC[evaluate.task]], student)
+    return scores, improved
 
 
 def train(
@@ -150,9 +152,18 @@ def train(
 ) -> dict[str, Any]:
     """Fine-tune the student with the configured method; returns the final evaluation.
 
-    Writes ``out_dir/config.yaml``, ``metrics.jsonl`` (a row every ``train.log_every`` steps and one
-    per epoch), ``tensorboard/``, ``checkpoints/``, ``final/`` (the student, a Hugging Face
-    directory) and ``summary.json``.
+    Writes ``out_dir/config.yaml``, ``metrics.jsonl`` (a row every ``train.log_every`` steps, one per
+    dev evaluation and one per epoch), ``tensorboard/``, ``checkpoints/``, ``final/`` (the selected
+    student, a Hugging Face directory) and ``summary.json``::
+
+        {"task", "method", "student", "train_examples", "processes", "steps", "primary_metric", "seconds",
+         "eval": {split: {metric: value}},   # "eval", "shifted", "eval:shuffled", "shifted:shuffled"
+         "dev": {metric: value},            # the selected weights' dev scores (only with a dev set)
+         "best_step": int,                  # the step of the selected weights
+         "dev_evaluations": int}
+
+    Each split's metrics are :func:`vldistill.evaluate.score`'s (primary metric, breakdowns) plus
+    ``ms_per_example``; ``<split>:shuffled`` is the image-shuffle control of ``<split>``.
 
     Raises:
         ConfigError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set, or a
@@ -180,20 +191,23 @@ def train(
     set_seed(tc.seed)
     data = load_data(cfg.data, out_dir if main else None, verbose=main)
     built = build_models(cfg, data)
+    answers = data.builder.answers or None
     store = ImageStore()
+    processor = CachingProcessor(built.processor)  # each image resized and each text tokenized once per run
     dataset = ExampleDataset(data.train, store)
     sampler = EpochSampler(len(dataset), tc.seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=tc.batch_size,
         sampler=sampler,
-        collate_fn=collate_fn(built.processor, data.task, data.builder.answers or None),
+        collate_fn=collate_fn(processor, data.task, answers),
         num_workers=tc.num_workers,
         worker_init_fn=ignore_stop_signals if tc.num_workers else None,
         generator=torch.Generator(),  # see engine.EpochSampler: iterating must not draw from the global stream
     )
 
     device = accelerator.device
+    evaluate = Evaluator(data.task, processor, answers, tc.eval_batch_size, device, store)
     built.student.to(device)
     for teacher in built.method.teachers.values():
         teacher.to(device)
@@ -223,15 +237,19 @@ def train(
 
     optimizer = build_optimizer(model, tc)
     plan = AccumulationPlan(len(dataset), tc.batch_size, tc.grad_accum)
-    total_steps = tc.max_steps or plan.steps_per_epoch * tc.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * total_steps), total_steps)
+    last_step = tc.max_steps or plan.steps_per_epoch * tc.epochs  # max_steps: a budget, as many epochs as it takes
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(tc.warmup_ratio * last_step), last_step)
+    selection = ModelSelection(
+        built.student, eval_every=tc.eval_every, patience=tc.early_stopping, has_dev=data.dev is not None
+    )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    pos = run.restore({"model": accelerator.unwrap_model(model)}, optimizer, scheduler)
+    pos = run.restore({"model": accelerator.unwrap_model(model), "selection": selection}, optimizer, scheduler)
+    student = accelerator.unwrap_model(model).student
+    metric = PRIMARY_METRIC[data.task]
 
-    progress = TrainProgress(enabled=show_progress and main, total=total_steps, completed=pos.step, epoch=pos.epoch)
-    final_eval: dict[str, dict[str, float]] = {}
+    progress = TrainProgress(enabled=show_progress and main, total=last_step, completed=pos.step, epoch=pos.epoch)
     with progress, run:
-        while pos.step < total_steps and pos.epoch < tc.epochs:
+        while pos.step < last_step and not selection.stopped:
             sampler.use_epoch(pos.epoch)
             epoch_loader = accelerator.skip_first_batches(loader, pos.batch) if pos.batch else loader
             sums: dict[str, float] = {}  # the epoch's per-batch means, summed
@@ -257,18 +275,22 @@ def train(
                 pos.step += 1
                 step_loss = sum(window.values())
                 progress.advance(step_loss, pos.epoch)
+                if data.dev is not None and selection.due(pos.step, last_step):
+                    dev, best = select_on_dev(selection, accelerator, evaluate, student, data.dev, pos)
+                    row = {"kind": "dev", "step": pos.step, "epoch": pos.epoch + 1, "dev": dev, "best": best}
+                    run.log_row(pos.step, row, {f"dev/{m}": v for m, v in dev.items()})
+                    progress.note(f"step {pos.step}: dev {metric} {dev[metric]}" + (" (best)" if best else ""))
                 run.after_step(pos, lr=lr, loss=step_loss, grad_norm=grad_norm, terms=window)
                 window = {}
-                if pos.step >= total_steps:
+                if pos.step >= last_step or selection.stopped:
                     break
             pos.epoch, pos.batch = pos.epoch + 1, 0
             evaluation: dict[str, dict[str, float]] = {}
-            if main and (tc.eval_each_epoch or pos.step >= total_steps or pos.epoch >= tc.epochs):
-                student = accelerator.unwrap_model(model).student
-                evaluation = evaluate_all(student, data, built.processor, tc.eval_batch_size, store, device)
-                metric = PRIMARY_METRIC[data.task]
-                scores = ", ".join(f"{s} {metric} {ms[metric]}" for s, ms in evaluation.items())
-                progress.note(f"epoch {pos.epoch}: {scores}")
+            if main and tc.eval_each_epoch and data.dev is None and pos.step < last_step:
+                evaluation = evaluate(student, data.evals, controls=False)
+                progress.note(
+                    f"epoch {pos.epoch}: " + ", ".join(f"{s} {metric} {ms[metric]}" for s, ms in evaluation.items())
+                )
             row = {
                 "epoch": pos.epoch,
                 "step": pos.step,
@@ -277,13 +299,9 @@ def train(
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             run.end_epoch(pos, row, {f"{s}/{m}": v for s, ms in evaluation.items() for m, v in ms.items()})
-            final_eval = evaluation
     summary: dict[str, Any] = {}
     if main:
-        student = accelerator.unwrap_model(model).student
-        if not final_eval:
-            final_eval = evaluate_all(student, data, built.processor, tc.eval_batch_size, store, device)
-        save_student(student, out_dir / "final", built.processor)
+        selection.restore_best(student)
         summary = {
             "task": data.task,
             "method": cfg.method.name,
@@ -291,9 +309,14 @@ def train(
             "train_examples": len(data.train),
             "processes": accelerator.num_processes,
             "steps": pos.step,
-            "eval": final_eval,
-            "primary_metric": PRIMARY_METRIC[data.task],
-            "seconds": round(time.perf_counter() - t0, 2),
+            "eval": evaluate(student, data.evals),
+            "primary_metric": metric,
+            "best_step": int(selection.best_step) if int(selection.evaluations) else pos.step,
+            "dev_evaluations": int(selection.evaluations),
         }
+        if data.dev is not None:
+            summary["dev"] = next(r["dev"] for r in reversed(run.rows("dev")) if r["step"] == summary["best_step"])
+        save_student(student, out_dir / "final", built.processor)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -25,8 +25,8 @@ def _tree(root: Path, **data) -> dict:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """SNLI-VE train and dev, four pairs each: pairs 0 and 2 show image 100, pairs 1 and 3 image 101."""
-    return write_snli_ve(tmp_path / "snli", ("train", "dev"))
+    """SNLI-VE train, dev and test, four pairs each: pairs 0 and 2 show image 100, pairs 1 and 3 image 101."""
+    return write_snli_ve(tmp_path / "snli", ("train", "dev", "test"))
 
 
 @pytest.mark.parametrize("defect", ["missing", "corrupt"])
@@ -39,9 +39,9 @@ def test_skip_bad_drops_the_examples_of_a_bad_image_before_training_and_says_so_
     result = run_cli(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"], monkeypatch, capsys)
     assert result.code == 0, result.err[-2000:]
     problem = "image not found" if defect == "missing" else "image cannot be read"
-    for split in ("snli_ve train", "snli_ve dev (eval)"):
+    for split in ("snli_ve train", "snli_ve dev (dev)", "snli_ve test (eval)"):
         assert result.err.count(f"warning: skipped 2 example(s) of {split} for bad images:") == 1, result.err
-    assert result.err.count(f"  {image}: {problem}") == 2  # once for train, once for dev
+    assert result.err.count(f"  {image}: {problem}") == 3  # once for train, dev (selection) and test (evaluation)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["train_examples"] == 2 and summary["steps"] == 1  # pairs 0 and 2, one batch of 2
     manifest = json.loads((tmp_path / "run" / "subset.json").read_text())

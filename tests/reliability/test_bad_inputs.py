@@ -106,7 +106,7 @@ def test_skip_bad_reports_how_many_and_which(task: str, tmp_path: Path) -> None:
 
 def test_training_with_skip_bad_says_what_it_skipped(tmp_path: Path, monkeypatch, capsys) -> None:
     """``data.skip_bad: true`` must not drop records silently: the run names how many and which."""
-    root = write_snli_ve(tmp_path / "snli", ("train", "dev"))
+    root = write_snli_ve(tmp_path / "snli", ("train", "dev", "test"))
     edit_jsonl(snli_ve_file(root, "train"), 2, lambda row: row.__setitem__("gold_label", "maybe"))
     tree = tiny_tree(
         "snli_ve",

@@ -52,6 +52,8 @@ def train_command(
     summary = train(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress)
     if summary:
         metric = summary["primary_metric"]
+        if "dev" in summary:
+            console.print(f"dev: {metric} = {summary['dev'][metric]} (step {summary['best_step']}, selected)")
         for split, values in summary["eval"].items():
             console.print(f"{split}: {metric} = {values[metric]}")
         console.print(f"final student: {out / 'final'}")
@@ -107,14 +109,16 @@ def eval_command(
     set_: SetOpt = None,
     out: Annotated[Path, typer.Option(help="folder for predictions and scores")] = Path("runs/eval"),
 ) -> None:
-    """Evaluate a saved student on the config's evaluation splits; write predictions for `vldistill score`."""
+    """Evaluate a saved student on the config's evaluation splits; write predictions for `vldistill score`.
+
+    scores.json holds, per split, the metrics of the training run's summary: the primary metric, its
+    breakdowns, and the image-shuffle control of each split (``<split>:shuffled``).
+    """
     import json
 
-    import torch
-
-    from vldistill.data.loader import ExampleDataset, collate_fn
-    from vldistill.evaluate import predict, score, write_predictions
-    from vldistill.experiment import load_data
+    from vldistill.data.loader import CachingProcessor
+    from vldistill.evaluate import PRIMARY_METRIC, SHUFFLED, Evaluator, image_shuffled, write_predictions
+    from vldistill.experiment import EvalSet, load_data
     from vldistill.models.processing import Processor
     from vldistill.models.students import load_student
 
@@ -124,16 +128,16 @@ def eval_command(
     processor = Processor.from_pretrained(student, max_length=cfg.student.max_text_len)
     # A VQA student answers from its own vocabulary (id2label), whatever this data's training split holds.
     answers = [model.config.id2label[i] for i in range(model.config.num_labels)] if data.task == "vqa" else None
+    evaluate = Evaluator(data.task, CachingProcessor(processor), answers, cfg.train.eval_batch_size)
     results = {}
     for name, es in data.evals.items():
-        loader = torch.utils.data.DataLoader(
-            ExampleDataset(es.examples),
-            batch_size=cfg.train.eval_batch_size,
-            collate_fn=collate_fn(processor, data.task, answers),
-        )
-        preds = predict(model, loader, "cpu")
+        results[name], preds = evaluate.split(model, es)
         suffix = "json" if data.task == "vqa" else "jsonl"
         path = write_predictions(data.task, es.examples, preds, out / f"predictions-{name}.{suffix}", answers)
-        results[name] = score(data.task, es.examples, es.records, preds, answers)
-        console.print(f"{name}: {results[name]} -> {path}")
+        metric = PRIMARY_METRIC[data.task]
+        console.print(f"{name}: {metric} = {results[name][metric]} -> {path}")
+        shuffled = image_shuffled(es.examples)
+        if shuffled is not None:
+            results[name + SHUFFLED] = evaluate.split(model, EvalSet(name + SHUFFLED, shuffled, es.records))[0]
+            console.print(f"{name + SHUFFLED}: {metric} = {results[name + SHUFFLED][metric]} (images shuffled)")
     (out / "scores.json").write_text(json.dumps(results, indent=1))

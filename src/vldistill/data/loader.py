@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.nn.utils.rnn import pad_sequence
 
 from vldistill.data.examples import TaskExample
 from vldistill.errors import DataError, VldistillError
 from vldistill.models.heads import task_targets
 from vldistill.models.outputs import ModelInputs
+from vldistill.models.processing import Processor, check_batch, word_index_from_offsets
 
 SKIP_FIX = "set data.skip_bad: true to drop the examples whose images are missing or unreadable"
 
@@ -119,6 +121,96 @@ class ImageStore:
         if len(self._images) > self.capacity:
             self._images.popitem(last=False)
         return img
+
+
+class CachingProcessor:
+    """A :class:`Processor` that normalises each image and tokenizes each text once: the same tensors, bit for bit.
+
+    A run evaluates the same pictures and questions again and again (every epoch, every dev evaluation,
+    the test splits and their image-shuffled controls); the per-batch work of the processor was about
+    a quarter of a step of the demo's student (``bench/step_profile.py``). Kept per instance, i.e. per
+    processor and run:
+
+    - images: the normalised pixels of each image *path* (``examples[b].images[k]`` names
+      ``images[b][k]``), ``float32`` in ``(height, width, 3)`` order (the processor's own memory
+      layout, so that a batch has the very strides the processor gives it), least recently used out
+      beyond ``max_image_bytes`` (48 KiB an image at 64 px; 1.7 MiB at 384 px);
+    - texts: the unpadded token ids and word indices of each text, least recently used out beyond
+      ``max_texts``; a batch is padded to its longest text on the tokenizer's ``padding_side`` with its
+      ``pad_token_id``, as the tokenizer pads (a tokenizer without a pad token is called per batch).
+    """
+
+    def __init__(self, processor: Processor, *, max_image_bytes: int = 1 << 30, max_texts: int = 500_000) -> None:
+        self.processor = processor
+        self.max_image_bytes, self.max_texts = max_image_bytes, max_texts
+        self._pixels: OrderedDict[Path, torch.Tensor] = OrderedDict()
+        self._pixel_bytes = 0
+        self._texts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def __call__(self, examples: Sequence[TaskExample], images: Sequence[Sequence[Image.Image]]) -> ModelInputs:
+        """As :meth:`Processor.__call__`; ``images[b]`` must be the images at ``examples[b].images``."""
+        n_images, n_texts = check_batch(examples, images)
+        resized = [
+            self._normalized(path, im)
+            for ex, ims in zip(examples, images, strict=True)
+            for path, im in zip(ex.images, ims, strict=True)
+        ]
+        pixel_values = torch.stack(resized).permute(0, 3, 1, 2)
+        input_ids, attention_mask, word_index = self.tokenize([t for ex in examples for t in ex.texts])
+        return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, examples[0].task)
+
+    def _normalized(self, path: Path, image: Image.Image) -> torch.Tensor:
+        """``(height, width, 3)`` float32: the image as :meth:`Processor.images_to_tensor` normalises it."""
+        pixels = self._pixels.get(path)
+        if pixels is not None:
+            self._pixels.move_to_end(path)
+            return pixels
+        pixels = self.processor.images_to_tensor([image])[0].permute(1, 2, 0)
+        self._pixels[path] = pixels
+        self._pixel_bytes += pixels.nbytes
+        while self._pixel_bytes > self.max_image_bytes and len(self._pixels) > 1:
+            self._pixel_bytes -= self._pixels.popitem(last=False)[1].nbytes
+        return pixels
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`Processor.tokenize`: ``input_ids``, ``attention_mask``, ``word_index``, each ``(N, L)``."""
+        tokenizer = self.processor.tokenizer
+        if tokenizer.pad_token_id is None:
+            return self.processor.tokenize(texts)
+        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for text in dict.fromkeys(texts):
+            hit = self._texts.get(text)
+            if hit is not None:
+                self._texts.move_to_end(text)
+                found[text] = hit
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            found.update(self._encode(missing))
+        encoded = [found[t] for t in texts]
+        side = tokenizer.padding_side
+
+        def pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+            return pad_sequence(rows, batch_first=True, padding_value=value, padding_side=side)
+
+        input_ids = pad([ids for ids, _ in encoded], tokenizer.pad_token_id)
+        attention_mask = pad([torch.ones_like(ids) for ids, _ in encoded], 0)
+        return input_ids, attention_mask, pad([words for _, words in encoded], -1)
+
+    def _encode(self, texts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Unpadded token ids and word indices of ``texts``, kept (least recently used out beyond ``max_texts``)."""
+        processor = self.processor
+        cased = [t.lower() for t in texts] if processor.lowercase else texts
+        enc = processor.tokenizer(
+            cased, padding=False, truncation=True, max_length=processor.max_length, return_offsets_mapping=True
+        )
+        fresh = {}
+        for text, lowered, ids, offsets in zip(texts, cased, enc["input_ids"], enc["offset_mapping"], strict=True):
+            words = word_index_from_offsets(lowered, offsets)
+            fresh[text] = (torch.tensor(ids, dtype=torch.long), torch.tensor(words, dtype=torch.long))
+        self._texts.update(fresh)
+        while len(self._texts) > self.max_texts:
+            self._texts.popitem(last=False)
+        return fresh
 
 
 @dataclass

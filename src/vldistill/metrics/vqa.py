@@ -302,23 +302,30 @@ def evaluate_vqa(
     _check_questions(questions, annotated, q_path, a_path)
     answers = _index_results(results, annotated, r_path)
 
-    accs: list[float] = []
+    accs = {qid: question_accuracy(answers[qid], ann["answers"]) for qid, ann in annotated.items()}
+    types = [(ann["question_type"], ann["answer_type"]) for ann in annotated.values()]
+    return {
+        "accuracy": accuracy_by_type(list(accs.values()), types),
+        "per_question": {str(qid): round2(100 * acc) for qid, acc in accs.items()},
+    }
+
+
+def accuracy_by_type(accs: Sequence[float], types: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The official summary of per-question accuracies in [0, 1], each with its ``(question_type, answer_type)``.
+
+    ``{"overall": x, "perQuestionType": {type: x}, "perAnswerType": {type: x}}`` in percent, each the
+    mean of the unrounded accuracies of its questions rounded by :func:`round2`, types in order of first
+    appearance (``vqaEval.py``'s ``setAccuracy``).
+    """
     by_question_type: dict[str, list[float]] = {}
     by_answer_type: dict[str, list[float]] = {}
-    per_question: dict[str, float] = {}
-    for qid, ann in annotated.items():
-        acc = question_accuracy(answers[qid], ann["answers"])
-        accs.append(acc)
-        by_question_type.setdefault(ann["question_type"], []).append(acc)
-        by_answer_type.setdefault(ann["answer_type"], []).append(acc)
-        per_question[str(qid)] = round2(100 * acc)
+    for acc, (question_type, answer_type) in zip(accs, types, strict=True):
+        by_question_type.setdefault(question_type, []).append(acc)
+        by_answer_type.setdefault(answer_type, []).append(acc)
     return {
-        "accuracy": {
-            "overall": _percent(accs),
-            "perQuestionType": {name: _percent(group) for name, group in by_question_type.items()},
-            "perAnswerType": {name: _percent(group) for name, group in by_answer_type.items()},
-        },
-        "per_question": per_question,
+        "overall": _percent(accs),
+        "perQuestionType": {name: _percent(group) for name, group in by_question_type.items()},
+        "perAnswerType": {name: _percent(group) for name, group in by_answer_type.items()},
     }
 
 

@@ -141,6 +141,25 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def check_batch(examples: Sequence[TaskExample], images: Sequence[Sequence[Image.Image]]) -> tuple[int, int]:
+    """``(images, texts)`` per example.
+
+    Raises:
+        ValueError: an example whose task or counts differ from the first one's.
+    """
+    if not examples or len(examples) != len(images):
+        raise ValueError(f"need one image list per example, got {len(examples)} examples, {len(images)}")
+    first = examples[0]
+    n_images, n_texts = len(first.images), len(first.texts)
+    for ex, ims in zip(examples, images, strict=True):
+        if ex.task != first.task or len(ex.texts) != n_texts or len(ims) != n_images:
+            raise ValueError(
+                f"example {ex.uid}: a batch needs one task and {n_images} images / {n_texts} texts "
+                f"per example, got {ex.task} with {len(ims)} images / {len(ex.texts)} texts"
+            )
+    return n_images, n_texts
+
+
 class Processor:
     """Resize, normalise and tokenize a batch of examples for one model.
 
@@ -243,19 +262,10 @@ class Processor:
 
         All examples must have the same task and the same number of images and of texts.
         """
-        if not examples or len(examples) != len(images):
-            raise ValueError(f"need one image list per example, got {len(examples)} examples, {len(images)}")
-        first = examples[0]
-        n_images, n_texts = len(first.images), len(first.texts)
-        for ex, ims in zip(examples, images, strict=True):
-            if ex.task != first.task or len(ex.texts) != n_texts or len(ims) != n_images:
-                raise ValueError(
-                    f"example {ex.uid}: a batch needs one task and {n_images} images / {n_texts} texts "
-                    f"per example, got {ex.task} with {len(ims)} images / {len(ex.texts)} texts"
-                )
+        n_images, n_texts = check_batch(examples, images)
         pixel_values = self.images_to_tensor([im for ims in images for im in ims])
         input_ids, attention_mask, word_index = self.tokenize([t for ex in examples for t in ex.texts])
-        return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, first.task)
+        return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, examples[0].task)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the tokenizer and ``preprocessor_config.json`` so ``from_pretrained(directory)`` rebuilds this.
