@@ -32,9 +32,9 @@ from vldistill.data.world.language import (
     statement,
 )
 from vldistill.data.world.render import STYLES, render, save_jpeg
-from vldistill.data.world.scene import COLOURS, SHAPES, Scene, Shape, sample_scene
+from vldistill.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape, place, sample_scene
 
-DEFAULT_CAPTIONS = 3000
+DEFAULT_CAPTIONS = 8000
 MAX_WORDS = 30
 """Extra sentences are only added while the caption stays this short: the demo CLIP reads 40 tokens."""
 # How often a shape mention names each attribute besides its kind.
@@ -46,6 +46,11 @@ NEGATION_RATE = 0.2
 COMPARISON_RATE = 0.15
 TOTAL_RATE = 0.2
 BACKGROUND_RATE = 0.2
+COVERED_RATE = 0.3
+"""Share of caption pictures with a covered shape (as every SNLI-VE picture has one)."""
+MAYBE_RATE = 0.5
+"""How often a covered box's caption adds what it may hide (``maybe there is a red star under the box``),
+the language of the SNLI-VE neutral label."""
 _BACKGROUNDS: dict[str, tuple[str, ...]] = {
     "plain": ("on a plain background", "the background is plain"),
     "photo": ("over a photograph", "the background is a photograph"),
@@ -61,6 +66,9 @@ def write_captions(root: Path, style: str, seed: int, scale: float) -> dict[str,
     rows = []
     for n in range(scaled(DEFAULT_CAPTIONS, scale)):
         scene = sample_scene(rng, rotate=STYLES[style].rotate)
+        if rng.random() < COVERED_RATE and len(scene.shapes) < len(POSITIONS):
+            specs = [(s.kind, s.colour, s.size) for s in scene.shapes]
+            scene = place(rng, specs, rotate=STYLES[style].rotate, covered=(choose(rng, SHAPES), choose(rng, COLOURS)))
         save_jpeg(render(scene, STYLES[style], rng), str(image_dir / f"{n:06d}.jpg"))
         rows.append({"image": f"images/{n:06d}.jpg", "caption": describe_scene(scene, rng, background)})
     return {"captions": write_jsonl(root / "captions" / "captions.jsonl", rows)}
@@ -92,8 +100,12 @@ def describe_scene(scene: Scene, rng: np.random.Generator, background: str) -> s
     The extras (absence, negation, a comparison, the total) are tried in random order and kept
     while the caption stays within :data:`MAX_WORDS` words.
     """
+    covered = scene.covered
+    scene = Scene(scene.visible)
     main = _MAIN_FORMS[int(rng.integers(len(_MAIN_FORMS)))](scene, rng)
     sentences = [capitalise(main)]
+    for box in covered:
+        sentences.append(capitalise(_covered(box, rng)))
     extras: list[tuple[float, Callable[[Scene, np.random.Generator], str | None]]] = [
         (COUNT_RATE, _count_of_one),
         (ABSENCE_RATE, _absence),
@@ -112,6 +124,21 @@ def describe_scene(scene: Scene, rng: np.random.Generator, background: str) -> s
         options = _BACKGROUNDS["plain" if background == "plain" else "photo"]
         sentences.append(capitalise(choose(rng, options)))
     return " ".join(s + "." for s in sentences)
+
+
+def _covered(box: Shape, rng: np.random.Generator) -> str:
+    """A covered shape: ``a grey box with a red frame hides a shape``, maybe with what it may hide."""
+    text = choose(
+        rng,
+        [
+            f"a grey box with a {box.colour} frame hides a shape",
+            f"a {box.colour} box covers a shape {POSITION_PHRASES[box.position]}",
+            f"something is hidden under the {box.colour} box",
+        ],
+    )
+    if rng.random() < MAYBE_RATE:
+        text += f", maybe there is a {box.colour} {choose(rng, SHAPES)} under the box"
+    return text
 
 
 def _words(sentences: list[str]) -> int:

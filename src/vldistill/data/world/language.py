@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from vldistill.data.world.scene import COLOURS, SHAPES, SIZES, Scene, Shape
+from vldistill.data.world.scene import COLOURS, MAX_SHAPES, SHAPES, SIZES, Scene, Shape
 
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 POSITION_PHRASES: dict[str, str] = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
+    "top left": "at the top left",
+    "top right": "at the top right",
+    "bottom left": "at the bottom left",
+    "bottom right": "at the bottom right",
 }
 # Attribute sets tried for a referring expression, shortest first; position always disambiguates
 # because each slot holds at most one shape.
@@ -160,7 +160,7 @@ def _statement_exists(scene: Scene, rng: np.random.Generator) -> Statement:
 
 
 def _statement_count(scene: Scene, rng: np.random.Generator) -> Statement:
-    n = len(scene.shapes) if rng.random() < 0.5 else int(rng.integers(1, 5))
+    n = len(scene.shapes) if rng.random() < 0.5 else int(rng.integers(1, MAX_SHAPES + 1))
     if rng.random() < 0.5:
         text = f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} {plural('shape', n)}."
         return text, len(scene.shapes) == n

@@ -18,7 +18,7 @@ import numpy as np
 from vldistill.data.world.files import scaled, task_rng, write_jsonl
 from vldistill.data.world.language import NUMBER_WORDS, article, choose, plural
 from vldistill.data.world.render import STYLES, render
-from vldistill.data.world.scene import COLOURS, SHAPES, Scene, sample_scene
+from vldistill.data.world.scene import COLOURS, MAX_SHAPES, SHAPES, Scene, sample_scene
 
 SPLITS: dict[str, int] = {"train": 300, "dev": 100}  # sets at scale 1; two pairs each
 SETS_PER_DIRECTORY = 50
@@ -62,14 +62,14 @@ def _sentence(rng: np.random.Generator) -> tuple[str, str, Predicate]:
             lambda a, b: (a.count(kind=kind) > 0) != (b.count(kind=kind) > 0),
         )
     if form == 4:
-        n = int(rng.integers(3, 8))
+        n = int(rng.integers(2, 2 * MAX_SHAPES + 1))
         return (
             f"There are {NUMBER_WORDS[n]} shapes in total.",
             "shape",
             lambda a, b: len(a.shapes) + len(b.shapes) == n,
         )
     if form == 5:
-        n = int(rng.integers(1, 5))
+        n = int(rng.integers(1, MAX_SHAPES + 1))
         return (
             f"One image contains exactly {NUMBER_WORDS[n]} {plural('shape', n)}.",
             "shape",

@@ -32,6 +32,8 @@ PHOTO_SHORT_SIDE = 150  # photos are pre-shrunk to about this short side
 MIN_CROP = 64  # pixels of the pre-shrunk photo: no crop is upsampled
 PHOTO_BLEND = 0.25  # towards mid grey, so shapes stay visible on busy photos
 COLOUR_JITTER = 12
+COVER_GREY = (128, 128, 128)
+COVER_FRAME = 3  # pixels of the coloured frame around a covered shape's grey box
 
 
 def _shift_hue(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -97,7 +99,8 @@ def _background(style: Style, rng: np.random.Generator) -> Image.Image:
 def render(scene: Scene, style: Style, rng: np.random.Generator) -> Image.Image:
     """Draw ``scene`` in ``style``; ``rng`` picks the background and small colour jitter.
 
-    Returns a ``(64, 64)`` RGB image whose object extents match :meth:`Shape.box`.
+    Returns a ``(64, 64)`` RGB image whose object extents match :meth:`Shape.box`. A covered shape is
+    a grey box with a frame in its colour.
     """
     # Drawing straight onto a nearest-upsampled background and box-filtering back gives the
     # background's exact pixels and anti-aliased shape edges, with no alpha compositing.
@@ -109,7 +112,10 @@ def render(scene: Scene, style: Style, rng: np.random.Generator) -> Image.Image:
         jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
         rgb = np.clip(np.array(style.palette[shape.colour]) + jitter, 0, 255)
         fill = (int(rgb[0]), int(rgb[1]), int(rgb[2]))
-        if shape.kind == "circle":
+        if shape.covered:  # a grey box framed in the shape's colour: the colour shows, the kind does not
+            points = [(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in shape.outline()]
+            draw.polygon(points, fill=COVER_GREY, outline=fill, width=COVER_FRAME * SUPERSAMPLE)
+        elif shape.kind == "circle":
             x1, y1, x2, y2 = (v * SUPERSAMPLE for v in shape.box())
             draw.ellipse((x1, y1, x2, y2), fill=fill, outline=style.outline, width=width)
         else:

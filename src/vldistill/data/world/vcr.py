@@ -86,7 +86,7 @@ def _where_item(scene: Scene, i: int, j: int, rng: np.random.Generator) -> _Item
     question = choose(rng, ["Where is [{i}] ?", "Where in the picture is [{i}] ?"]).format(i=i)
     wrong = [f"[{i}] is {POSITION_PHRASES[p]} ." for p in POSITIONS if p != si.position]
     rationales: list[Statement] = [
-        (f"[{i}] is near the {p} edge of the picture .", p == si.position) for p in POSITIONS
+        (f"[{i}] is in the {p} corner of the picture .", p == si.position) for p in POSITIONS
     ]
     for k, sk in enumerate(scene.shapes):
         if k != i:

@@ -1,9 +1,11 @@
 """VQA v2 in its official layout: questions and annotations JSON, COCO-named JPEG images.
 
-Each image gets three questions of different types. Each question gets ten annotator answers that
-spell the right answer the ways real annotators do ("Two", "2", "two.", "a circle", "yes!"), and
-occasionally a wrong one given with confidence ``maybe`` or ``no``. ``multiple_choice_answer`` is
-the most common answer after the official normalisation (which :func:`normalize_answer` mirrors).
+Each picture is drawn for one question, after the question and its answer (see
+:data:`QUESTION_WRITERS`), so answers are balanced and only the picture tells them apart. Each
+question gets ten annotator answers that spell the right answer the ways real annotators do ("Two",
+"2", "two.", "a circle", "yes!"), and occasionally a wrong one given with confidence ``maybe`` or
+``no``. ``multiple_choice_answer`` is the most common answer after the official normalisation (which
+:func:`normalize_answer` mirrors).
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from vldistill.data.world.files import scaled, task_rng, write_json
-from vldistill.data.world.language import NUMBER_WORDS, POSITION_PHRASES, article, choose, plural, refer
+from vldistill.data.world.language import NUMBER_WORDS, POSITION_PHRASES, article, choose, plural
 from vldistill.data.world.render import STYLES, render, save_jpeg
-from vldistill.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, sample_scene
+from vldistill.data.world.scene import COLOURS, MAX_SHAPES, POSITIONS, SHAPES, Scene, place, random_spec
 
-SPLITS: dict[str, int] = {"train2014": 500, "val2014": 170}  # images at scale 1; 3 questions each
-QUESTIONS_PER_IMAGE = 3
+SPLITS: dict[str, int] = {"train2014": 6000, "val2014": 1500}  # questions (= images) at scale 1
 IMAGE_ID_OFFSET: dict[str, int] = {"train2014": 100_000, "val2014": 500_000}
 _INFO = {
     "description": "vldistill generated world, VQA v2 layout",
@@ -34,6 +35,9 @@ _INFO = {
     "date_created": "2017-04-26 17:00:44",
 }
 _LICENSE = {"url": "http://creativecommons.org/licenses/by/4.0/", "name": "Creative Commons Attribution 4.0"}
+HARD_NEGATIVE_RATE = 0.8
+"""How often a "no" picture holds a near miss (the asked colour on another shape, or the asked shape in
+another colour): without near misses "is there a red circle?" could be answered from colour alone."""
 
 
 @dataclass(frozen=True)
@@ -47,121 +51,94 @@ class Question:
     answer_kind: str  # "number", "yesno", "colour", "shape" or "position": picks spelling variants
 
 
-def _how_many(scene: Scene, rng: np.random.Generator) -> Question | None:
-    form = int(rng.integers(3))
-    # Ask about an attribute that is present more often than not, or "0" would dominate.
-    present = scene.shapes[int(rng.integers(len(scene.shapes)))]
-    if form == 0:
-        kind = present.kind if rng.random() < 0.6 else choose(rng, SHAPES)
-        text, n = f"How many {plural(kind)} are there?", scene.count(kind=kind)
-    elif form == 1:
-        colour = present.colour if rng.random() < 0.6 else choose(rng, COLOURS)
-        text, n = f"How many {colour} shapes are there?", scene.count(colour=colour)
-    else:
-        text, n = "How many shapes are in the picture?", len(scene.shapes)
-    return Question(text, "how many", "number", str(n), "number")
+def _others(rng: np.random.Generator, n: int, keep: Callable[[tuple[str, str, None]], bool]) -> list:
+    """``n`` random shape specs that satisfy ``keep``."""
+    out: list[tuple[str, str, None]] = []
+    while len(out) < n:
+        spec = random_spec(rng)
+        if keep(spec):
+            out.append(spec)
+    return out
 
 
-def _what_colour(scene: Scene, rng: np.random.Generator) -> Question | None:
-    i = int(rng.integers(len(scene.shapes)))
-    ref = refer(scene, i, rng, exclude=("colour",))
-    if ref is None:
-        return None
-    return Question(f"What color is {ref}?", "what color is the", "other", scene.shapes[i].colour, "colour")
-
-
-def _what_shape(scene: Scene, rng: np.random.Generator) -> Question | None:
-    i = int(rng.integers(len(scene.shapes)))
-    ref = refer(scene, i, rng, exclude=("kind",))
-    if ref is None:
-        return None
-    return Question(f"What shape is {ref}?", "what shape is the", "other", scene.shapes[i].kind, "shape")
-
-
-def _where(scene: Scene, rng: np.random.Generator) -> Question | None:
-    i = int(rng.integers(len(scene.shapes)))
-    ref = refer(scene, i, rng, exclude=("position",))
-    if ref is None:
-        return None
-    return Question(f"Where is {ref}?", "where is the", "other", scene.shapes[i].position, "position")
-
-
-def _yes_no(value: bool) -> str:
-    return "yes" if value else "no"
-
-
-def _is_there(scene: Scene, rng: np.random.Generator) -> Question | None:
-    # Half the time ask about a shape that is there, so yes and no are balanced.
+def _near_miss(rng: np.random.Generator, kind: str, colour: str) -> tuple[str, str, None]:
+    """A shape sharing exactly one of ``kind`` and ``colour``."""
     if rng.random() < 0.5:
-        s = scene.shapes[int(rng.integers(len(scene.shapes)))]
-        kind, colour = s.kind, s.colour
+        return choose(rng, [k for k in SHAPES if k != kind]), colour, None
+    return kind, choose(rng, [c for c in COLOURS if c != colour]), None
+
+
+def _exist(rng: np.random.Generator, rotate: bool) -> tuple[Question, Scene]:
+    kind, colour = choose(rng, SHAPES), choose(rng, COLOURS)
+    yes = bool(rng.random() < 0.5)
+    n_others = int(rng.integers(0, MAX_SHAPES))
+    if yes:
+        specs = [(kind, colour, None), *_others(rng, n_others, lambda s: True)]
     else:
-        kind, colour = choose(rng, SHAPES), choose(rng, COLOURS)
+        near = [_near_miss(rng, kind, colour)] if rng.random() < HARD_NEGATIVE_RATE else []
+        specs = near + _others(rng, n_others + 1 - len(near), lambda s: s[:2] != (kind, colour))
+    order = rng.permutation(len(specs))
+    scene = place(rng, [specs[int(i)] for i in order], rotate=rotate)
+    text = choose(rng, [f"Is there a {colour} {kind}?", f"Is there a {colour} {kind} in the picture?"])
+    return Question(text, "is there a", "yes/no", "yes" if yes else "no", "yesno"), scene
+
+
+def _what_colour(rng: np.random.Generator, rotate: bool) -> tuple[Question, Scene]:
+    kind, colour = choose(rng, SHAPES), choose(rng, COLOURS)
+    others = _others(rng, int(rng.integers(0, MAX_SHAPES)), lambda s: s[0] != kind)
+    specs = [(kind, colour, None), *others]
+    scene = place(rng, [specs[int(i)] for i in rng.permutation(len(specs))], rotate=rotate)
+    text = choose(rng, [f"What color is the {kind}?", f"What is the color of the {kind}?"])
+    return Question(text, "what color is the", "other", colour, "colour"), scene
+
+
+def _what_shape(rng: np.random.Generator, rotate: bool) -> tuple[Question, Scene]:
+    kind, colour = choose(rng, SHAPES), choose(rng, COLOURS)
+    others = _others(rng, int(rng.integers(0, MAX_SHAPES)), lambda s: s[1] != colour)
+    specs = [(kind, colour, None), *others]
+    scene = place(rng, [specs[int(i)] for i in rng.permutation(len(specs))], rotate=rotate)
+    text = choose(rng, [f"What shape is the {colour} object?", f"What is the shape of the {colour} object?"])
+    return Question(text, "what shape is the", "other", kind, "shape"), scene
+
+
+def _how_many(rng: np.random.Generator, rotate: bool) -> tuple[Question, Scene]:
+    n = int(rng.integers(0, MAX_SHAPES + 1))
     if rng.random() < 0.5:
-        text, value = f"Is there a {colour} {kind}?", scene.count(kind=kind, colour=colour) > 0
+        kind = choose(rng, SHAPES)
+        counted = [(kind, choose(rng, COLOURS), None) for _ in range(n)]
+        rest = _others(rng, int(rng.integers(0 if n else 1, MAX_SHAPES - n + 1)), lambda s: s[0] != kind)
+        text = f"How many {plural(kind)} are there?"
     else:
-        text, value = f"Is there {article(kind)} {kind} in the picture?", scene.count(kind=kind) > 0
-    return Question(text, "is there a", "yes/no", _yes_no(value), "yesno")
+        colour = choose(rng, COLOURS)
+        counted = [(choose(rng, SHAPES), colour, None) for _ in range(n)]
+        rest = _others(rng, int(rng.integers(0 if n else 1, MAX_SHAPES - n + 1)), lambda s: s[1] != colour)
+        text = f"How many {colour} shapes are there?"
+    specs = counted + rest
+    scene = place(rng, [specs[int(i)] for i in rng.permutation(len(specs))], rotate=rotate)
+    return Question(text, "how many", "number", str(n), "number"), scene
 
 
-def _are_there(scene: Scene, rng: np.random.Generator) -> Question | None:
-    if rng.random() < 0.5:
-        kind = choose(rng, SHAPES) if rng.random() < 0.5 else scene.shapes[0].kind
-        return Question(
-            f"Are there any {plural(kind)}?",
-            "are there",
-            "yes/no",
-            _yes_no(scene.count(kind=kind) > 0),
-            "yesno",
-        )
-    a, b = rng.choice(len(SHAPES), size=2, replace=False)
-    ka, kb = SHAPES[int(a)], SHAPES[int(b)]
-    value = scene.count(kind=ka) > scene.count(kind=kb)
-    return Question(f"Are there more {plural(ka)} than {plural(kb)}?", "are there", "yes/no", _yes_no(value), "yesno")
+def _where(rng: np.random.Generator, rotate: bool) -> tuple[Question, Scene]:
+    kind, colour = choose(rng, SHAPES), choose(rng, COLOURS)
+    position = choose(rng, POSITIONS)
+    n_others = int(rng.integers(0, MAX_SHAPES))
+    others = [_near_miss(rng, kind, colour) if rng.random() < 0.5 else None for _ in range(n_others)]
+    others = [o or random_spec(rng, avoid=(kind, colour)) for o in others]
+    scene = place(rng, [(kind, colour, None), *others], rotate=rotate, positions=[position])
+    text = choose(rng, [f"Where is the {colour} {kind}?", f"Where in the picture is the {colour} {kind}?"])
+    return Question(text, "where is the", "other", position, "position"), scene
 
 
-def _is_the(scene: Scene, rng: np.random.Generator) -> Question | None:
-    i = int(rng.integers(len(scene.shapes)))
-    shape = scene.shapes[i]
-    if rng.random() < 0.5:
-        ref = refer(scene, i, rng, exclude=("size",))
-        asked = "large" if rng.random() < 0.5 else "small"
-        text, value = f"Is {ref} {asked}?", shape.size == asked
-    else:
-        ref = refer(scene, i, rng, exclude=("position",))
-        asked = choose(rng, POSITIONS)
-        text, value = f"Is {ref} {POSITION_PHRASES[asked]}?", shape.position == asked
-    return None if ref is None else Question(text, "is the", "yes/no", _yes_no(value), "yesno")
-
-
-QUESTION_WRITERS: tuple[Callable[[Scene, np.random.Generator], Question | None], ...] = (
-    _how_many,
+QUESTION_WRITERS: tuple[Callable[[np.random.Generator, bool], tuple[Question, Scene]], ...] = (
+    _exist,
     _what_colour,
     _what_shape,
+    _how_many,
     _where,
-    _is_there,
-    _are_there,
-    _is_the,
 )
-
-
-def _ask(
-    writer: Callable[[Scene, np.random.Generator], Question | None], scene: Scene, rng: np.random.Generator
-) -> Question | None:
-    """A question from ``writer``; yes/no ones are redrawn until they hit a coin-flipped answer.
-
-    Without this, "is there a ..." questions would lean to the answers the scene makes likely, and a
-    blind model could score well by always answering "yes" or "no".
-    """
-    question = writer(scene, rng)
-    if question is None or question.answer_type != "yes/no":
-        return question
-    target = _yes_no(rng.random() < 0.5)
-    for _ in range(30):
-        if question is not None and question.answer == target:
-            return question
-        question = writer(scene, rng)
-    return None
+"""Question kinds, each drawn as often: the question and its answer are drawn first (answers uniform
+within a kind), then a picture that makes the answer right. The question's words therefore say
+nothing about its answer: a text-only model is at chance within each kind."""
 
 
 def _variants(answer: str, kind: str) -> list[tuple[str, int]]:
@@ -239,37 +216,30 @@ def _most_common(answers: list[dict[str, Any]]) -> str:
 
 
 def write_vqa(root: Path, style: str, seed: int, scale: float) -> dict[str, int]:
-    """Write ``root/vqa`` for one style; returns question counts per split."""
+    """Write ``root/vqa`` for one style (one question per picture); returns question counts per split."""
     counts = {}
-    for split, default_images in SPLITS.items():
+    for split, default_questions in SPLITS.items():
         rng = task_rng(seed, style, "vqa", split)
         questions, annotations = [], []
         image_dir = root / "vqa" / split
         image_dir.mkdir(parents=True, exist_ok=True)
-        for n in range(scaled(default_images, scale)):
+        for n in range(scaled(default_questions, scale)):
             image_id = IMAGE_ID_OFFSET[split] + n
-            scene = sample_scene(rng, rotate=STYLES[style].rotate)
+            question, scene = QUESTION_WRITERS[n % len(QUESTION_WRITERS)](rng, STYLES[style].rotate)
             save_jpeg(render(scene, STYLES[style], rng), str(image_dir / f"COCO_{split}_{image_id:012d}.jpg"))
-            writers = list(rng.permutation(len(QUESTION_WRITERS)))
-            asked = 0
-            while asked < QUESTIONS_PER_IMAGE and writers:
-                question = _ask(QUESTION_WRITERS[int(writers.pop())], scene, rng)
-                if question is None:
-                    continue
-                question_id = image_id * 1000 + asked
-                answers = annotator_answers(question, rng)
-                questions.append({"image_id": image_id, "question": question.text, "question_id": question_id})
-                annotations.append(
-                    {
-                        "question_id": question_id,
-                        "image_id": image_id,
-                        "question_type": question.question_type,
-                        "answer_type": question.answer_type,
-                        "multiple_choice_answer": _most_common(answers),
-                        "answers": answers,
-                    }
-                )
-                asked += 1
+            question_id = image_id * 1000
+            answers = annotator_answers(question, rng)
+            questions.append({"image_id": image_id, "question": question.text, "question_id": question_id})
+            annotations.append(
+                {
+                    "question_id": question_id,
+                    "image_id": image_id,
+                    "question_type": question.question_type,
+                    "answer_type": question.answer_type,
+                    "multiple_choice_answer": _most_common(answers),
+                    "answers": answers,
+                }
+            )
         vqa_dir = root / "vqa"
         write_json(
             vqa_dir / f"v2_OpenEnded_mscoco_{split}_questions.json",
