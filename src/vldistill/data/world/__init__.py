@@ -28,7 +28,7 @@ from vldistill.errors import ConfigError
 
 __all__ = ["GENERATOR_VERSION", "STYLE_CHOICES", "generate_world"]
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 """Bump whenever the bytes written for a given seed change, so cached worlds are regenerated."""
 STYLE_CHOICES: dict[str, tuple[str, ...]] = {
     "base": ("base",),

@@ -100,11 +100,11 @@ def describe_scene(scene: Scene, rng: np.random.Generator, background: str) -> s
     The extras (absence, negation, a comparison, the total) are tried in random order and kept
     while the caption stays within :data:`MAX_WORDS` words.
     """
-    covered = scene.covered
-    scene = Scene(scene.visible)
-    main = _MAIN_FORMS[int(rng.integers(len(_MAIN_FORMS)))](scene, rng)
+    scene = Scene(scene.visible + scene.covered)  # visible shapes first: indices below len(visible)
+    forms = _MAIN_FORMS_WITH_COVER if scene.covered else _MAIN_FORMS
+    main = forms[int(rng.integers(len(forms)))](scene, rng)
     sentences = [capitalise(main)]
-    for box in covered:
+    for box in scene.covered:
         sentences.append(capitalise(_covered(box, rng)))
     extras: list[tuple[float, Callable[[Scene, np.random.Generator], str | None]]] = [
         (COUNT_RATE, _count_of_one),
@@ -153,7 +153,8 @@ def _mention(shape: Shape, rng: np.random.Generator) -> str:
 
 
 def _ordered(scene: Scene, rng: np.random.Generator) -> list[Shape]:
-    return [scene.shapes[int(i)] for i in rng.permutation(len(scene.shapes))]
+    """The visible shapes in random order."""
+    return [scene.visible[int(i)] for i in rng.permutation(len(scene.visible))]
 
 
 def _listing(scene: Scene, rng: np.random.Generator) -> str:
@@ -165,7 +166,7 @@ def _listing(scene: Scene, rng: np.random.Generator) -> str:
 
 def _counted_listing(scene: Scene, rng: np.random.Generator) -> str:
     """``3 shapes: a red circle, ...`` or ``there are three shapes: ...``."""
-    n = len(scene.shapes)
+    n = len(scene.visible)
     head = count_phrase(n, "shape", rng, allow_article=False)
     if rng.random() < 0.5:
         head = f"there {'is' if n == 1 else 'are'} {head}"
@@ -190,7 +191,7 @@ def _facts(scene: Scene, rng: np.random.Generator) -> str:
     ``the circle on the left is red``, ``the red shape is a star``, ``the blue star is at the top``.
     """
     facts = []
-    for shape_index in rng.permutation(len(scene.shapes))[: int(rng.integers(1, 3))]:
+    for shape_index in rng.permutation(len(scene.visible))[: int(rng.integers(1, 3))]:
         i = int(shape_index)
         shape = scene.shapes[i]
         told = choose(rng, ["colour", "kind", "position", "size"])
@@ -212,17 +213,19 @@ def _facts(scene: Scene, rng: np.random.Generator) -> str:
 def _relation(scene: Scene, rng: np.random.Generator) -> str:
     """How two shapes sit: ``the red circle is to the left of the blue star``.
 
-    Each shape is named so that only it fits; without position words, so the relation is news.
+    Each shape is named so that only it fits; without position words, so the relation is news. The
+    number of shapes is only added when no box hides one.
     """
-    if len(scene.shapes) < 2:
+    n = len(scene.visible)
+    if n < 2:
         return _listing(scene, rng)
-    i, j = (int(k) for k in rng.permutation(len(scene.shapes))[:2])
+    i, j = (int(k) for k in rng.permutation(n)[:2])
     a, b = (refer(scene, k, rng, exclude=("position",)) for k in (i, j))
     if a is None or b is None:
         return _listing(scene, rng)
     text = f"{a} is {_relation_phrase(scene.shapes[i], scene.shapes[j])} {b}"
-    if len(scene.shapes) > 2:
-        text += f", among {count_phrase(len(scene.shapes), 'shape', rng, allow_article=False)}"
+    if n > 2 and not scene.covered:
+        text += f", among {count_phrase(n, 'shape', rng, allow_article=False)}"
     return text
 
 
@@ -243,25 +246,29 @@ _MAIN_FORMS: tuple[Callable[[Scene, np.random.Generator], str], ...] = (
     _facts,
     _relation,
 )
+_MAIN_FORMS_WITH_COVER = (_listing, _listing, _facts, _relation)
+"""Without the counts: a covered box hides a shape of its colour and of an unknown kind."""
 
 
 def _absence(scene: Scene, rng: np.random.Generator) -> str | None:
     """Something the picture lacks: ``there are no triangles``, ``no blue shapes``, ``there is no red star``.
 
-    The coloured shape is one whose kind or colour is present half the time (a near miss).
+    The coloured shape is one whose kind or colour is present half the time (a near miss). With a
+    covered box, only colours other than the box's are said to be missing (it may hide any kind).
     """
+    hidden = {box.colour for box in scene.covered}
     form = int(rng.integers(3))
     if form == 0:
-        missing = [k for k in SHAPES if scene.count(kind=k) == 0]
+        missing = [k for k in SHAPES if scene.count(kind=k) == 0 and not hidden]
         noun = choose(rng, missing) if missing else None
     elif form == 1:
-        missing = [f"{c} shape" for c in COLOURS if scene.count(colour=c) == 0]
+        missing = [f"{c} shape" for c in COLOURS if scene.count(colour=c) == 0 and c not in hidden]
         noun = choose(rng, missing) if missing else None
     else:
-        near = scene.shapes[int(rng.integers(len(scene.shapes)))]
+        near = scene.visible[int(rng.integers(len(scene.visible)))]
         colour = choose(rng, COLOURS) if rng.random() < 0.5 else near.colour
         kind = choose(rng, SHAPES) if colour == near.colour else near.kind
-        noun = f"{colour} {kind}" if scene.count(kind=kind, colour=colour) == 0 else None
+        noun = f"{colour} {kind}" if scene.count(kind=kind, colour=colour) == 0 and colour not in hidden else None
     if noun is None:
         return None
     phrasing = int(rng.integers(4))
@@ -274,14 +281,22 @@ def _absence(scene: Scene, rng: np.random.Generator) -> str | None:
     return f"there are {count_phrase(0, noun, rng)}"
 
 
-def _negation(scene: Scene, rng: np.random.Generator) -> str:
-    """``it is not true that`` before a false sentence, the SNLI-VE and NLVR2 contradiction prompt."""
+def _negation(scene: Scene, rng: np.random.Generator) -> str | None:
+    """``it is not true that`` before a false sentence, the SNLI-VE and NLVR2 contradiction prompt.
+
+    None with a covered box: what it hides could make the sentence true.
+    """
+    if scene.covered:
+        return None
     false = statement(scene, rng, truth=False).rstrip(".")
     return f"it is not true that {false[0].lower()}{false[1:]}"
 
 
 def _comparison(scene: Scene, rng: np.random.Generator) -> str | None:
-    """``there are more circles than squares`` (or fewer, or as many); None if there are neither."""
+    """``there are more circles than squares`` (or fewer, or as many); None if there are neither, or
+    a covered box could hide either."""
+    if scene.covered:
+        return None
     a, b = (SHAPES[int(i)] for i in rng.choice(len(SHAPES), size=2, replace=False))
     na, nb = scene.count(kind=a), scene.count(kind=b)
     if na == nb == 0:
@@ -291,20 +306,27 @@ def _comparison(scene: Scene, rng: np.random.Generator) -> str | None:
     return f"there are {'more' if na > nb else 'fewer'} {plural(a)} than {plural(b)}"
 
 
-def _total(scene: Scene, rng: np.random.Generator) -> str:
-    """``4 shapes in all``."""
-    n = count_phrase(len(scene.shapes), "shape", rng, allow_article=False)
+def _total(scene: Scene, rng: np.random.Generator) -> str | None:
+    """``3 shapes in all``; None with a covered box (is the hidden shape counted or not?)."""
+    if scene.covered:
+        return None
+    n = count_phrase(len(scene.visible), "shape", rng, allow_article=False)
     return f"{n} {choose(rng, ['in all', 'in total', 'altogether'])}"
 
 
 def _count_of_one(scene: Scene, rng: np.random.Generator) -> str:
-    """How many of one kind or colour (present more often than not): ``there are 2 circles``."""
-    present = scene.shapes[int(rng.integers(len(scene.shapes)))]
-    if rng.random() < 0.5:
+    """How many of one kind or colour (present more often than not): ``there are 2 circles``.
+
+    With a covered box, only colours other than the box's are counted (it may hide any kind).
+    """
+    hidden = {box.colour for box in scene.covered}
+    present = scene.visible[int(rng.integers(len(scene.visible)))]
+    if not hidden and rng.random() < 0.5:
         kind = present.kind if rng.random() < 0.6 else choose(rng, SHAPES)
         n, noun = scene.count(kind=kind), kind
     else:
-        colour = present.colour if rng.random() < 0.6 else choose(rng, COLOURS)
+        colour = present.colour if rng.random() < 0.6 and present.colour not in hidden else None
+        colour = colour or choose(rng, [c for c in COLOURS if c not in hidden])
         n, noun = scene.count(colour=colour), f"{colour} shape"
     phrase = count_phrase(n, noun, rng)
     return f"there {'is' if n == 1 else 'are'} {phrase}" if rng.random() < 0.6 else phrase

@@ -23,6 +23,7 @@ from vldistill.data.world.scene import COLOURS, MAX_SHAPES, SHAPES, Scene, sampl
 SPLITS: dict[str, int] = {"train": 300, "dev": 100}  # sets at scale 1; two pairs each
 SETS_PER_DIRECTORY = 50
 MAX_TRIES = 400
+MAX_SENTENCES = 50
 Predicate = Callable[[Scene, Scene], bool]
 
 
@@ -105,8 +106,16 @@ def _pair(predicate: Predicate, truth: bool, rotate: bool, rng: np.random.Genera
 
 
 def _sample_set(rng: np.random.Generator, rotate: bool) -> tuple[str, str, list[tuple[bool, tuple[Scene, Scene]]]]:
-    """A sentence, its synset, and one pair that makes it true and one that makes it false."""
-    while True:
+    """A sentence, its synset, and one pair that makes it true and one that makes it false.
+
+    A sentence whose truth value (almost) never comes up in :data:`MAX_TRIES` random pairs is
+    replaced by another; every form can be true and false on scenes of 1-3 shapes, so this is rare.
+
+    Raises:
+        RuntimeError: :data:`MAX_SENTENCES` sentences in a row found no pair (a form that cannot be
+            both true and false: a bug in :func:`_sentence`).
+    """
+    for _ in range(MAX_SENTENCES):
         sentence, synset, predicate = _sentence(rng)
         pairs = []
         for truth in (bool(t) for t in rng.permutation([True, False])):
@@ -116,6 +125,7 @@ def _sample_set(rng: np.random.Generator, rotate: bool) -> tuple[str, str, list[
             pairs.append((truth, pair))
         else:
             return sentence, synset, pairs
+    raise RuntimeError(f"no NLVR2 sentence of {MAX_SENTENCES} found a true and a false pair")
 
 
 def write_nlvr2(root: Path, style: str, seed: int, scale: float) -> dict[str, int]:

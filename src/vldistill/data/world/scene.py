@@ -192,6 +192,15 @@ def random_spec(
             return kind, colour, None
 
 
+def near_miss(rng: np.random.Generator, kind: str, colour: str) -> tuple[str, str, None]:
+    """A ``(kind, colour, None)`` sharing exactly one of ``kind`` and ``colour`` (each half the time)."""
+    if rng.random() < 0.5:
+        kinds = [k for k in SHAPES if k != kind]
+        return kinds[int(rng.integers(len(kinds)))], colour, None
+    colours = [c for c in COLOURS if c != colour]
+    return kind, colours[int(rng.integers(len(colours)))], None
+
+
 def sample_scene(rng: np.random.Generator, *, rotate: bool, n_shapes: int | None = None) -> Scene:
     """Sample a scene of ``n_shapes`` (default: uniform in 1..3) random shapes in distinct quadrants.
 

@@ -16,16 +16,18 @@ word alone decides. ``sentence1`` (the caption SNLI-VE replaced by the image) is
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vldistill.data.world.captions import describe_scene
-from vldistill.data.world.files import balanced_labels, scaled, task_rng, write_jsonl
+from vldistill.data.world.files import Deck, scaled, task_rng, write_jsonl
 from vldistill.data.world.language import choose
 from vldistill.data.world.render import STYLES, render, save_jpeg
-from vldistill.data.world.scene import COLOURS, MAX_SHAPES, SHAPES, Scene, place, random_spec
+from vldistill.data.world.scene import COLOURS, MAX_SHAPES, SHAPES, Scene, near_miss, place, random_spec
 
 SPLITS: dict[str, int] = {"train": 6000, "dev": 750, "test": 1500}  # hypotheses (= images) at scale 1
 FLICKR_ID_OFFSET: dict[str, int] = {"train": 1_000_000_000, "dev": 2_000_000_000, "test": 3_000_000_000}
@@ -60,28 +62,42 @@ HYPOTHESIS_FORMS: tuple[str, ...] = (
     "A {c} {k} is in the picture.",
     "The image shows a {c} {k}.",
 )
+LABELS: tuple[str, ...] = tuple(_LABEL_CODES)
 NEAR_MISS_RATE = 0.7
+"""How often each visible shape of a neutral or contradiction picture is a near miss (the hypothesis's
+colour on another kind, or its kind in another colour); the rest are random shapes other than a C S."""
 
 
-def _scene_for(gold: str, kind: str, colour: str, rotate: bool, rng: np.random.Generator) -> Scene:
-    """A picture with a covered box on which "there is a ``colour`` ``kind``" has label ``gold``."""
+def scene_for(gold: str, kind: str, colour: str, rotate: bool, rng: np.random.Generator) -> Scene:
+    """A picture with one or two visible shapes and a covered box on which "there is a ``colour``
+    ``kind``" has label ``gold`` (see the module docstring)."""
     n_visible = int(rng.integers(1, MAX_SHAPES))
     if gold == "entailment":
         visible = [(kind, colour, None)] + [random_spec(rng) for _ in range(n_visible - 1)]
         box_colour = choose(rng, COLOURS)
     else:
-        visible = []
-        for _ in range(n_visible):
-            if rng.random() < NEAR_MISS_RATE:
-                if rng.random() < 0.5:
-                    visible.append((choose(rng, [k for k in SHAPES if k != kind]), colour, None))
-                else:
-                    visible.append((kind, choose(rng, [c for c in COLOURS if c != colour]), None))
-            else:
-                visible.append(random_spec(rng, avoid=(kind, colour)))
+        visible = [
+            near_miss(rng, kind, colour) if rng.random() < NEAR_MISS_RATE else random_spec(rng, avoid=(kind, colour))
+            for _ in range(n_visible)
+        ]
         box_colour = colour if gold == "neutral" else choose(rng, [c for c in COLOURS if c != colour])
     visible = [visible[int(i)] for i in rng.permutation(len(visible))]
     return place(rng, visible, rotate=rotate, covered=(choose(rng, SHAPES), box_colour))
+
+
+def draw_hypotheses(rng: np.random.Generator, rotate: bool, n: int) -> Iterator[tuple[str, str, Scene]]:
+    """``n`` (label, hypothesis, scene) triples.
+
+    The label comes from a :class:`Deck` of the three labels and the hypothesis's (form, kind, colour)
+    from a deck of its own per label: labels are exactly balanced, and every hypothesis occurs as
+    often with each label (to one), so the hypothesis alone says nothing about its label.
+    """
+    label_deck = Deck(LABELS, rng)
+    word_decks = {label: Deck(list(product(HYPOTHESIS_FORMS, SHAPES, COLOURS)), rng) for label in LABELS}
+    for _ in range(n):
+        gold = label_deck.draw()
+        form, kind, colour = word_decks[gold].draw()
+        yield gold, form.format(c=colour, k=kind), scene_for(gold, kind, colour, rotate, rng)
 
 
 def write_snli_ve(root: Path, style: str, seed: int, scale: float) -> dict[str, int]:
@@ -93,16 +109,12 @@ def write_snli_ve(root: Path, style: str, seed: int, scale: float) -> dict[str, 
     for split, default_examples in SPLITS.items():
         rng = task_rng(seed, style, "snli_ve", split)
         rows: list[dict[str, Any]] = []
-        labels = list(_LABEL_CODES)
-        for n, label in enumerate(balanced_labels(scaled(default_examples, scale), len(labels), rng)):
-            gold = labels[label]
+        draws = draw_hypotheses(rng, STYLES[style].rotate, scaled(default_examples, scale))
+        for n, (gold, hypothesis, scene) in enumerate(draws):
             flickr_id = str(FLICKR_ID_OFFSET[split] + n)
-            kind, colour = choose(rng, SHAPES), choose(rng, COLOURS)
-            scene = _scene_for(gold, kind, colour, STYLES[style].rotate, rng)
             save_jpeg(render(scene, STYLES[style], rng), str(image_dir / f"{flickr_id}.jpg"))
             premise = describe_scene(scene, rng, background)
             caption_id = f"{flickr_id}.jpg#{int(rng.integers(5))}"
-            hypothesis = choose(rng, HYPOTHESIS_FORMS).format(c=colour, k=kind)
             rows.append(
                 {
                     "Flickr30K_ID": flickr_id,
