@@ -69,7 +69,8 @@ def test_shapes_are_drawn_in_their_colour_and_a_covered_box_grey_inside_a_frame_
                 strict=True,
             )
         ]
-        box = Shape(SHAPES[3], box_colour, "large", "bottom right", 48.0, 47.0, covered=True)
+        angle = 20.0 if style == "shifted" else 0.0  # the shifted style turns shapes, never boxes
+        box = Shape(SHAPES[3], box_colour, "large", "bottom right", 48.0, 47.0, angle=angle, covered=True)
         pixels = np.asarray(render(Scene((*shapes, box)), STYLES[style], rng), dtype=np.int32)
         for shape in shapes:  # the middle of each shape is its colour
             x, y = int(shape.cx), int(shape.cy)

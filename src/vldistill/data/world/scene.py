@@ -47,8 +47,8 @@ CIRCLE_SEGMENTS = 16
 class Shape:
     """One object of a scene.
 
-    ``angle`` (degrees) rotates the outline; it is 0 in the base style and random in the shifted
-    style, one of the ways the shifted world draws its shapes differently.
+    ``angle`` (degrees) rotates the outline of an uncovered polygon; it is 0 in the base style and
+    random in the shifted style, one of the ways the shifted world draws its shapes differently.
     """
 
     kind: str
@@ -66,11 +66,19 @@ class Shape:
         return RADII[self.size]
 
     def outline(self) -> list[tuple[float, float]]:
-        """Polygon of the drawn shape in pixels (a circle is approximated by 16 points)."""
+        """Polygon of the drawn shape in pixels (a circle is approximated by 16 points).
+
+        A covered shape's box is never rotated: turned, it would reach into the next quadrant.
+        """
         r = self.radius
         if self.covered:  # the box that hides the shape: a square as wide as the shape's circle
-            points = [(-r, -r), (r, -r), (r, r), (-r, r)]
-        elif self.kind == "circle":
+            return [
+                (self.cx - r, self.cy - r),
+                (self.cx + r, self.cy - r),
+                (self.cx + r, self.cy + r),
+                (self.cx - r, self.cy + r),
+            ]
+        if self.kind == "circle":
             angles = [2 * math.pi * k / CIRCLE_SEGMENTS for k in range(CIRCLE_SEGMENTS)]
             points = [(r * math.cos(a), r * math.sin(a)) for a in angles]
         elif self.kind == "square":
