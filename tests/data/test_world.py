@@ -19,8 +19,8 @@ from vldistill.data.readers import read_task
 from vldistill.data.world import GENERATOR_VERSION, generate_world
 from vldistill.data.world.language import refer
 from vldistill.data.world.scene import Scene, Shape
-from vldistill.data.world.vqa import normalize_answer
 from vldistill.errors import ConfigError
+from vldistill.metrics.vqa import normalize_answer
 
 STYLES = ("base", "shifted")
 SCALE = 0.05  # the shared ``world`` fixture's (tests/data/conftest.py)
@@ -152,7 +152,7 @@ def test_vqa_official_layout_and_annotator_variants(world: tuple[Path, dict[str,
     assert any(r.endswith(" ") for r in raw)
 
 
-def test_vqa_normalization_matches_the_official_rules() -> None:
+def test_vqa_answer_spellings_normalise_to_the_answer_under_the_official_rules() -> None:
     assert [normalize_answer(a) for a in ["Two", "2 ", "two.", "a circle", "Yes!", "none"]] == [
         "2",
         "2",

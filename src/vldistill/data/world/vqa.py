@@ -10,7 +10,6 @@ question gets ten annotator answers that spell the right answer the ways real an
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from vldistill.data.world.scene import (
     place,
     random_spec,
 )
+from vldistill.metrics.vqa import normalize_answer
 
 SPLITS: dict[str, int] = {"train2014": 6000, "val2014": 1500}  # questions (= images) at scale 1
 IMAGE_ID_OFFSET: dict[str, int] = {"train2014": 100_000, "val2014": 500_000}
@@ -240,25 +240,6 @@ def _weighted_picks(options: list[tuple[str, int]], rng: np.random.Generator) ->
     """Ten texts drawn from ``(text, weight)`` options in proportion to the weights."""
     weights = np.array([w for _, w in options], dtype=float)
     return [options[int(i)][0] for i in rng.choice(len(options), size=10, p=weights / weights.sum())]
-
-
-_PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!*#%^&$'"
-_ARTICLES = {"a", "an", "the"}
-_NUMBERS = {w: str(n) for n, w in enumerate(NUMBER_WORDS)} | {"none": "0"}
-
-
-def normalize_answer(answer: str) -> str:
-    """The official VQA answer normalisation, reduced to what this world's answers need.
-
-    >>> [normalize_answer(a) for a in ["Two", "2 ", "two.", "a circle", "Yes!"]]
-    ['2', '2', '2', 'circle', 'yes']
-    """
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    for p in _PUNCTUATION:
-        text = text.replace(p, "")
-    text = re.sub(r"(?!<=\d)(\.)(?!\d)", "", text)
-    words = [_NUMBERS.get(w, w) for w in text.split() if w not in _ARTICLES]
-    return " ".join(words)
 
 
 def _most_common(answers: list[dict[str, Any]]) -> str:
