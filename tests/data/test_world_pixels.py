@@ -82,7 +82,8 @@ def test_shapes_are_drawn_in_their_colour_and_a_covered_box_grey_inside_a_frame_
         inner = pixels[y1 + COVER_FRAME + 1 : y2 - COVER_FRAME - 1, x1 + COVER_FRAME + 1 : x2 - COVER_FRAME - 1]
         assert inner.shape[:2] == (16, 16) and np.abs(inner - np.array(COVER_GREY)).max() <= 1
         frame = [pixels[y1 + 1, x1 + 12], pixels[y2 - 2, x1 + 12], pixels[y1 + 12, x1 + 1], pixels[y1 + 12, x2 - 2]]
-        assert [nearest_colour(rgb, palette) for rgb in frame] == [box_colour] * 4, style
+        frame += [pixels[y1, x1], pixels[y1, x2 - 1], pixels[y2 - 1, x1], pixels[y2 - 1, x2 - 1]]  # upright corners
+        assert [nearest_colour(rgb, palette) for rgb in frame] == [box_colour] * 8, style
         if style == "base":  # nothing outside the box: the background is flat
             outside = np.concatenate(
                 [pixels[y1 - 3 : y1 - 1, x1:x2].reshape(-1, 3), pixels[y1:y2, x2 + 1].reshape(-1, 3)]
