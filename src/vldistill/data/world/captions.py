@@ -8,8 +8,12 @@ The captions are what a careful describer writes, never question-answer pairs, b
 language the zero-shot teacher is later asked to score: counts spelt as digits and as words ("2 red
 circles", "three shapes"), absence and negation ("there are no triangles", "it is not true that
 there is a star", the SNLI-VE / NLVR2 contradiction prompt), shapes named with their colour and
-mostly with size and place, and single facts about one shape ("the circle on the left is red").
-Every sentence is checked against the scene, as in :mod:`vldistill.data.world.language`.
+mostly with size and place, and single facts about one shape ("the circle at the top left is
+red"). :data:`COVERED_RATE` of the pictures hold a covered box, described as such ("a grey box with a
+red frame hides a shape", sometimes ", maybe there is a red star under the box", the language of the
+SNLI-VE neutral label); such a caption states nothing the box could make false (no counts of kinds,
+of the box's colour or of all shapes, no comparisons or negated statements). Every sentence is
+checked against the scene, as in :mod:`vldistill.data.world.language`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from vldistill.data.world.language import (
     statement,
 )
 from vldistill.data.world.render import STYLES, render, save_jpeg
-from vldistill.data.world.scene import COLOURS, POSITIONS, SHAPES, Scene, Shape, place, sample_scene
+from vldistill.data.world.scene import COLOURS, SHAPES, Scene, Shape, place, sample_scene
 
 DEFAULT_CAPTIONS = 8000
 MAX_WORDS = 30
@@ -66,7 +70,7 @@ def write_captions(root: Path, style: str, seed: int, scale: float) -> dict[str,
     rows = []
     for n in range(scaled(DEFAULT_CAPTIONS, scale)):
         scene = sample_scene(rng, rotate=STYLES[style].rotate)
-        if rng.random() < COVERED_RATE and len(scene.shapes) < len(POSITIONS):
+        if rng.random() < COVERED_RATE:  # at most 3 shapes: a quadrant is free for the box
             specs = [(s.kind, s.colour, s.size) for s in scene.shapes]
             scene = place(rng, specs, rotate=STYLES[style].rotate, covered=(choose(rng, SHAPES), choose(rng, COLOURS)))
         save_jpeg(render(scene, STYLES[style], rng), str(image_dir / f"{n:06d}.jpg"))

@@ -1,7 +1,7 @@
-"""Words for scenes: referring expressions, captions, and true / false / undecidable statements.
+"""Words for scenes: number words, place phrases, referring expressions and true or false statements.
 
-Every sentence is built from a :class:`~vldistill.data.world.scene.Scene` and checked against it,
-so captions, SNLI-VE hypotheses and the VQA / VCR / NLVR2 writers all agree with the picture.
+Every sentence is built from a :class:`~vldistill.data.world.scene.Scene` and checked against it, so
+the captions and the VQA / VCR / NLVR2 writers that use these words agree with the picture.
 """
 
 from __future__ import annotations

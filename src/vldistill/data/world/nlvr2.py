@@ -2,7 +2,9 @@
 
 One sentence is written per set and judged against two image pairs, one that makes it true and one
 that makes it false (real NLVR2 has four pairs per set; two keep the structure that the consistency
-metric needs: the same sentence over several pairs). Labels are therefore exactly balanced.
+metric needs: the same sentence over several pairs). Labels are therefore exactly balanced, and
+every sentence is as often true as false. Pictures hold 1-3 shapes, one per quadrant, so counts go
+up to three per picture and six per pair.
 Identifiers follow ``<split>-<set>-<pair>-<sentence>``; images ``<split>-<set>-<pair>-img0.png``
 (left) and ``-img1.png`` (right), under ``images/train/<directory>/`` or ``images/dev/``.
 """

@@ -3,7 +3,9 @@
 The base style draws flat shapes on a plain dark background. The shifted style is a domain shift
 that keeps every label valid: backgrounds are crops of the photographs that scikit-image ships,
 the palette's hues are rotated (a "red" is an orange-red, a "blue" a violet-blue), polygons are
-rotated (see :func:`~vldistill.data.world.scene.sample_scene`) and shapes get a light outline.
+rotated (``Shape.angle``, set by :func:`~vldistill.data.world.scene.place`) and shapes get a light
+outline. A covered shape is a grey box (:data:`COVER_GREY`) inside a :data:`COVER_FRAME`-pixel frame
+of its colour, in both styles. Shapes are drawn at 4x and box-filtered down (anti-aliased edges).
 """
 
 from __future__ import annotations

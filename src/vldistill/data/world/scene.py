@@ -9,10 +9,11 @@ patches at 64 px): each quadrant is exactly 2x2 patches and holds at most one sh
 large enough to fill most of it. Smaller shapes on a finer layout were not learnt by a 2-layer
 student in the demo's time budget (``shared/notes/demo-feasibility.md``).
 
-A shape can be *covered*: drawn as a grey box framed in its colour, its kind hidden. The SNLI-VE
-writer uses this for its neutral label (the picture can neither confirm nor refute "there is a red
-circle" when a red-framed box hides something); :meth:`Scene.matching` and :meth:`Scene.count` see
-only what is visible.
+A shape can be *covered*: drawn as an upright grey box framed in its colour, its kind hidden. The
+SNLI-VE writer uses this for its neutral label (the picture can neither confirm nor refute "there
+is a red circle" when a red-framed box hides something), and 30% of the caption pictures hold one;
+:meth:`Scene.matching` and :meth:`Scene.count` see only what is visible. :func:`near_miss` gives the
+hard negatives of VQA and SNLI-VE: a shape sharing exactly one of the asked kind and colour.
 """
 
 from __future__ import annotations

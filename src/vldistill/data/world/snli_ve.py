@@ -1,7 +1,8 @@
 """SNLI-VE in its official layout: ``snli_ve_<split>.jsonl`` and ``flickr30k_images/<id>.jpg``.
 
-Each picture is drawn for one hypothesis ``There is a <colour> <shape>.`` after its label, so labels
-are exactly balanced and the hypothesis alone says nothing about its label. Every picture holds one
+Each picture is drawn for one hypothesis ``There is a <colour> <shape>.`` (in three phrasings) after
+its label (:func:`draw_hypotheses`), so labels are exactly balanced and every hypothesis occurs as
+often with each label: the hypothesis alone says nothing about its label. Every picture holds one
 *covered* shape (a grey box framed in its colour, the kind hidden) besides one or two visible ones:
 
 - entailment: a visible shape of that colour and kind;
@@ -9,8 +10,9 @@ are exactly balanced and the hypothesis alone says nothing about its label. Ever
   neither confirm nor refute the hypothesis);
 - contradiction: none is visible and the covered box has another colour.
 
-Visible near misses (the colour on another kind, the kind in another colour) are frequent, so neither
-word alone decides. ``sentence1`` (the caption SNLI-VE replaced by the image) is a true caption.
+Visible near misses (the colour on another kind, the kind in another colour; :data:`NEAR_MISS_RATE`)
+are frequent, so neither word alone decides. ``sentence1`` (the caption SNLI-VE replaced by the
+image) is a true caption of the picture, box included.
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
 """VQA v2 in its official layout: questions and annotations JSON, COCO-named JPEG images.
 
-Each picture is drawn for one question, after the question and its answer (see
-:data:`QUESTION_WRITERS`), so answers are balanced and only the picture tells them apart. Each
-question gets ten annotator answers that spell the right answer the ways real annotators do ("Two",
-"2", "two.", "a circle", "yes!"), and occasionally a wrong one given with confidence ``maybe`` or
-``no``. ``multiple_choice_answer`` is the most common answer after the official normalisation (which
-:func:`normalize_answer` mirrors).
+One question per picture, of five kinds in turn (:data:`QUESTION_KINDS`): "is there a C S?" (yes/no),
+"what color is the S?", "what shape is the C object?", "how many S / C shapes are there?" (0-3) and
+"where is the C S?" (a quadrant). The answer is drawn first, then the question's words, then a
+picture that makes the answer right, so answers are exactly balanced within each kind and the
+question's text says nothing about its answer; "no" pictures hold near misses (the colour on another
+shape, the shape in another colour) at :data:`HARD_NEGATIVE_RATE`. Each question gets ten annotator
+answers that spell the right answer the ways real annotators do ("Two", "2", "two.", "a circle",
+"yes!"), at least :data:`MIN_AGREEING` of them normalising to it, and sometimes a wrong one given
+with confidence ``maybe`` or ``no``. ``multiple_choice_answer`` is the most common answer after the
+official normalisation (:func:`vldistill.metrics.vqa.normalize_answer`).
 """
 
 from __future__ import annotations
