@@ -42,7 +42,7 @@ TINY: dict[str, Any] = dict(
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("world")
-    generate_world(out, scale=0.05)  # 150 captions per style
+    generate_world(out, scale=0.01875)  # 150 captions per style
     return out
 
 

@@ -1,7 +1,8 @@
-"""Small hand-written datasets in the publishers' exact layouts, written to ``tmp_path``.
+"""Small hand-written datasets in the publishers' exact layouts, written to ``tmp_path``, and the
+generated world the world tests share.
 
 Each ``<task>_root`` fixture writes 2-4 records and their images and returns the dataset root;
-``edit_json`` / ``edit_jsonl`` let a test break one record.
+``edit_json`` / ``edit_jsonl`` let a test break one record; ``world`` is generated once per session.
 """
 
 from __future__ import annotations
@@ -14,7 +15,19 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from vldistill.data.world import generate_world
 from vldistill.errors import DataError
+
+WORLD_SCALE = 0.05
+"""Scale of the shared ``world``: 300 / 75 VQA questions, 300 / 38 / 75 SNLI-VE hypotheses, 30 / 10 VCR
+questions, 15 / 5 NLVR2 sets (30 / 10 statements), 400 captions per style."""
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """The generated world of both styles at :data:`WORLD_SCALE`, seed 0: ``(folder, counts)``."""
+    out = tmp_path_factory.mktemp("world")
+    return out, generate_world(out, style="both", seed=0, scale=WORLD_SCALE)
 
 
 def write_image(path: Path, size: tuple[int, int] = (8, 6)) -> None:

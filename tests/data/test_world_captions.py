@@ -9,7 +9,7 @@ import pytest
 
 from vldistill.data.world.captions import MAX_WORDS, count_phrase, describe_scene
 from vldistill.data.world.language import NUMBER_WORDS
-from vldistill.data.world.scene import COLOURS, Scene, Shape, sample_scene
+from vldistill.data.world.scene import COLOURS, SHAPES, Scene, Shape, place, sample_scene
 
 _NUMBER = (
     {w: n for n, w in enumerate(NUMBER_WORDS)}
@@ -24,6 +24,9 @@ _NUMBER = (
 _COUNT = re.compile(
     r"^(?:there (?:is|are) )?(?P<n>\d|[a-z]+) (?P<colour>[a-z]+ )?(?P<kind>circle|square|triangle|star|shape)s?$"
 )
+
+
+_KINDS = "|".join(SHAPES)
 
 
 def _captions(n: int, seed: int = 0) -> list[tuple[Scene, str]]:
@@ -118,9 +121,9 @@ def test_listed_shapes_nearly_always_name_the_colour() -> None:
 
 
 def test_a_one_shape_scene_is_described_only_by_its_own_attributes() -> None:
-    scene = Scene((Shape("star", "blue", "small", "top", 32.0, 14.0),))
+    scene = Scene((Shape("star", "blue", "small", "top right", 48.0, 16.0),))
     rng = np.random.default_rng(3)
-    other_words = {*COLOURS, "circle", "square", "triangle", "large", "left", "right", "bottom"} - {"blue"}
+    other_words = {*COLOURS, "circle", "square", "triangle", "large", "left", "bottom", "box", "grey"} - {"blue"}
     positive = 0
     for _ in range(50):
         for sentence in _sentences(describe_scene(scene, rng, "photo")):
@@ -138,3 +141,36 @@ def test_background_is_named_only_as_its_style(background: str, words: str) -> N
     texts = [describe_scene(scene, rng, background) for _ in range(100)]
     assert any(words in t for t in texts)
     assert not any(("photograph" if background == "plain" else "plain") in t for t in texts)
+
+
+def test_with_a_covered_box_captions_state_only_what_the_box_cannot_change() -> None:
+    """A box framed in red hides a red shape of unknown kind: counts of kinds, of red shapes and of all
+    shapes, negations and comparisons could all be wrong, so only shapes of other colours are counted."""
+    rng = np.random.default_rng(5)
+    covered = colour_counts = maybes = 0
+    for _ in range(400):
+        visible = sample_scene(rng, rotate=False)
+        box = (SHAPES[int(rng.integers(4))], COLOURS[int(rng.integers(5))])
+        scene = place(rng, [(s.kind, s.colour, s.size) for s in visible.shapes], rotate=False, covered=box)
+        caption = describe_scene(scene, rng, "plain")
+        sentences = _sentences(caption)
+        frames = [s for s in sentences if "box" in s]
+        assert len(frames) == 1 and box[1] in frames[0], caption
+        covered += 1
+        maybes += "maybe there is a" in frames[0]
+        for sentence in sentences:
+            assert not re.search(r"more|fewer|as many|in all|in total|altogether", sentence), caption
+            if "not true" in sentence:  # only an absence: "it is not true that there is a blue star"
+                denied = re.fullmatch(rf"it is not true that there is an? (\w+) ({_KINDS}|shape)", sentence)
+                assert denied and denied[1] != box[1], caption
+                assert scene.count(colour=denied[1], kind=None if denied[2] == "shape" else denied[2]) == 0
+                continue
+            match = _COUNT.match(sentence)
+            if match is None or match["n"] not in _NUMBER or sentence.startswith(("a ", "an ")):
+                continue
+            # "there are 2 blue shapes", "there are no blue stars": never of the box's colour, never kinds alone
+            assert match["colour"] and match["colour"].strip() != box[1], caption
+            kind = None if match["kind"] == "shape" else match["kind"]
+            assert scene.count(colour=match["colour"].strip(), kind=kind) == _NUMBER[match["n"]], caption
+            colour_counts += 1
+    assert covered == 400 and colour_counts > 60 and 150 < maybes < 250

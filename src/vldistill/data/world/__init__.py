@@ -5,6 +5,12 @@ the publishers' layouts, so the demo reads it with the same readers as real data
 draws flat shapes on plain backgrounds; ``shifted`` draws the same kinds of scenes, questions and
 labels over photographs with another palette, a domain shift for the evaluation protocol.
 
+The world is built so that a student must read the picture (issue 13): 64x64 pictures with 1-3
+large shapes, one per quadrant (2x2 patches of 16 px each, see :mod:`.scene`); VQA and SNLI-VE draw
+the answer or label first and the text from a deck per answer (:class:`.files.Deck`), so answers
+are exactly balanced and the text alone is at chance; every SNLI-VE picture holds a covered box
+(a grey box framed in a colour) that makes "neutral" a fact about the picture, not the text.
+
 Output is a pure function of (style, seed, scale, generator version): every task and split draws
 from its own random stream, and ``out/<style>/MANIFEST.json`` records the parameters so a second
 call with the same ones returns at once (the demo caches the world).
@@ -28,7 +34,7 @@ from vldistill.errors import ConfigError
 
 __all__ = ["GENERATOR_VERSION", "STYLE_CHOICES", "generate_world"]
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "4"
 """Bump whenever the bytes written for a given seed change, so cached worlds are regenerated."""
 STYLE_CHOICES: dict[str, tuple[str, ...]] = {
     "base": ("base",),
@@ -52,8 +58,10 @@ def generate_world(out: Path, *, style: str = "both", seed: int = 0, scale: floa
         out: output folder; each style goes to ``out/<style>/``.
         style: ``base``, ``shifted`` or ``both``.
         seed: random seed; the same seed writes the same bytes.
-        scale: multiplies every default size (1.0: ~1500/500 VQA questions, 1200/300/300 SNLI-VE,
-            600/200 VCR, 600/200 NLVR2, 3000 captions per style); every split keeps a few examples.
+        scale: multiplies every default size; at 1.0, per style: 6000/1500 VQA questions (train/val,
+            one picture each), 6000/750/1500 SNLI-VE hypotheses (train/dev/test, one picture each),
+            600/200 VCR questions, 300/100 NLVR2 sets (600/200 statements, 4 pictures a set) and 8000
+            captions: about 26,000 pictures. Every split keeps a few examples.
 
     Returns:
         ``{"<style>/<task>/<split>": examples, "<style>/captions": n, "<style>/images": n}``.

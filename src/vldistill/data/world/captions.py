@@ -8,8 +8,12 @@ The captions are what a careful describer writes, never question-answer pairs, b
 language the zero-shot teacher is later asked to score: counts spelt as digits and as words ("2 red
 circles", "three shapes"), absence and negation ("there are no triangles", "it is not true that
 there is a star", the SNLI-VE / NLVR2 contradiction prompt), shapes named with their colour and
-mostly with size and place, and single facts about one shape ("the circle on the left is red").
-Every sentence is checked against the scene, as in :mod:`vldistill.data.world.language`.
+mostly with size and place, and single facts about one shape ("the circle at the top left is
+red"). :data:`COVERED_RATE` of the pictures hold a covered box, described as such ("a grey box with a
+red frame hides a shape", sometimes ", maybe there is a red star under the box", the language of the
+SNLI-VE neutral label); such a caption states nothing the box could make false (no counts of kinds,
+of the box's colour or of all shapes, no comparisons or negated statements). Every sentence is
+checked against the scene, as in :mod:`vldistill.data.world.language`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from vldistill.data.world.language import (
     statement,
 )
 from vldistill.data.world.render import STYLES, render, save_jpeg
-from vldistill.data.world.scene import COLOURS, SHAPES, Scene, Shape, sample_scene
+from vldistill.data.world.scene import COLOURS, SHAPES, Scene, Shape, place, sample_scene
 
-DEFAULT_CAPTIONS = 3000
+DEFAULT_CAPTIONS = 8000
 MAX_WORDS = 30
 """Extra sentences are only added while the caption stays this short: the demo CLIP reads 40 tokens."""
 # How often a shape mention names each attribute besides its kind.
@@ -46,6 +50,11 @@ NEGATION_RATE = 0.2
 COMPARISON_RATE = 0.15
 TOTAL_RATE = 0.2
 BACKGROUND_RATE = 0.2
+COVERED_RATE = 0.3
+"""Share of caption pictures with a covered shape (as every SNLI-VE picture has one)."""
+MAYBE_RATE = 0.5
+"""How often a covered box's caption adds what it may hide (``maybe there is a red star under the box``),
+the language of the SNLI-VE neutral label."""
 _BACKGROUNDS: dict[str, tuple[str, ...]] = {
     "plain": ("on a plain background", "the background is plain"),
     "photo": ("over a photograph", "the background is a photograph"),
@@ -61,6 +70,9 @@ def write_captions(root: Path, style: str, seed: int, scale: float) -> dict[str,
     rows = []
     for n in range(scaled(DEFAULT_CAPTIONS, scale)):
         scene = sample_scene(rng, rotate=STYLES[style].rotate)
+        if rng.random() < COVERED_RATE:  # at most 3 shapes: a quadrant is free for the box
+            specs = [(s.kind, s.colour, s.size) for s in scene.shapes]
+            scene = place(rng, specs, rotate=STYLES[style].rotate, covered=(choose(rng, SHAPES), choose(rng, COLOURS)))
         save_jpeg(render(scene, STYLES[style], rng), str(image_dir / f"{n:06d}.jpg"))
         rows.append({"image": f"images/{n:06d}.jpg", "caption": describe_scene(scene, rng, background)})
     return {"captions": write_jsonl(root / "captions" / "captions.jsonl", rows)}
@@ -92,8 +104,12 @@ def describe_scene(scene: Scene, rng: np.random.Generator, background: str) -> s
     The extras (absence, negation, a comparison, the total) are tried in random order and kept
     while the caption stays within :data:`MAX_WORDS` words.
     """
-    main = _MAIN_FORMS[int(rng.integers(len(_MAIN_FORMS)))](scene, rng)
+    scene = Scene(scene.visible + scene.covered)  # visible shapes first: indices below len(visible)
+    forms = _MAIN_FORMS_WITH_COVER if scene.covered else _MAIN_FORMS
+    main = forms[int(rng.integers(len(forms)))](scene, rng)
     sentences = [capitalise(main)]
+    for box in scene.covered:
+        sentences.append(capitalise(_covered(box, rng)))
     extras: list[tuple[float, Callable[[Scene, np.random.Generator], str | None]]] = [
         (COUNT_RATE, _count_of_one),
         (ABSENCE_RATE, _absence),
@@ -114,6 +130,21 @@ def describe_scene(scene: Scene, rng: np.random.Generator, background: str) -> s
     return " ".join(s + "." for s in sentences)
 
 
+def _covered(box: Shape, rng: np.random.Generator) -> str:
+    """A covered shape: ``a grey box with a red frame hides a shape``, maybe with what it may hide."""
+    text = choose(
+        rng,
+        [
+            f"a grey box with a {box.colour} frame hides a shape",
+            f"a {box.colour} box covers a shape {POSITION_PHRASES[box.position]}",
+            f"something is hidden under the {box.colour} box",
+        ],
+    )
+    if rng.random() < MAYBE_RATE:
+        text += f", maybe there is a {box.colour} {choose(rng, SHAPES)} under the box"
+    return text
+
+
 def _words(sentences: list[str]) -> int:
     return sum(len(s.split()) for s in sentences)
 
@@ -126,7 +157,8 @@ def _mention(shape: Shape, rng: np.random.Generator) -> str:
 
 
 def _ordered(scene: Scene, rng: np.random.Generator) -> list[Shape]:
-    return [scene.shapes[int(i)] for i in rng.permutation(len(scene.shapes))]
+    """The visible shapes in random order."""
+    return [scene.visible[int(i)] for i in rng.permutation(len(scene.visible))]
 
 
 def _listing(scene: Scene, rng: np.random.Generator) -> str:
@@ -138,7 +170,7 @@ def _listing(scene: Scene, rng: np.random.Generator) -> str:
 
 def _counted_listing(scene: Scene, rng: np.random.Generator) -> str:
     """``3 shapes: a red circle, ...`` or ``there are three shapes: ...``."""
-    n = len(scene.shapes)
+    n = len(scene.visible)
     head = count_phrase(n, "shape", rng, allow_article=False)
     if rng.random() < 0.5:
         head = f"there {'is' if n == 1 else 'are'} {head}"
@@ -163,7 +195,7 @@ def _facts(scene: Scene, rng: np.random.Generator) -> str:
     ``the circle on the left is red``, ``the red shape is a star``, ``the blue star is at the top``.
     """
     facts = []
-    for shape_index in rng.permutation(len(scene.shapes))[: int(rng.integers(1, 3))]:
+    for shape_index in rng.permutation(len(scene.visible))[: int(rng.integers(1, 3))]:
         i = int(shape_index)
         shape = scene.shapes[i]
         told = choose(rng, ["colour", "kind", "position", "size"])
@@ -185,17 +217,19 @@ def _facts(scene: Scene, rng: np.random.Generator) -> str:
 def _relation(scene: Scene, rng: np.random.Generator) -> str:
     """How two shapes sit: ``the red circle is to the left of the blue star``.
 
-    Each shape is named so that only it fits; without position words, so the relation is news.
+    Each shape is named so that only it fits; without position words, so the relation is news. The
+    number of shapes is only added when no box hides one.
     """
-    if len(scene.shapes) < 2:
+    n = len(scene.visible)
+    if n < 2:
         return _listing(scene, rng)
-    i, j = (int(k) for k in rng.permutation(len(scene.shapes))[:2])
+    i, j = (int(k) for k in rng.permutation(n)[:2])
     a, b = (refer(scene, k, rng, exclude=("position",)) for k in (i, j))
     if a is None or b is None:
         return _listing(scene, rng)
     text = f"{a} is {_relation_phrase(scene.shapes[i], scene.shapes[j])} {b}"
-    if len(scene.shapes) > 2:
-        text += f", among {count_phrase(len(scene.shapes), 'shape', rng, allow_article=False)}"
+    if n > 2 and not scene.covered:
+        text += f", among {count_phrase(n, 'shape', rng, allow_article=False)}"
     return text
 
 
@@ -216,25 +250,29 @@ _MAIN_FORMS: tuple[Callable[[Scene, np.random.Generator], str], ...] = (
     _facts,
     _relation,
 )
+_MAIN_FORMS_WITH_COVER = (_listing, _listing, _facts, _relation)
+"""Without the counts: a covered box hides a shape of its colour and of an unknown kind."""
 
 
 def _absence(scene: Scene, rng: np.random.Generator) -> str | None:
     """Something the picture lacks: ``there are no triangles``, ``no blue shapes``, ``there is no red star``.
 
-    The coloured shape is one whose kind or colour is present half the time (a near miss).
+    The coloured shape is one whose kind or colour is present half the time (a near miss). With a
+    covered box, only colours other than the box's are said to be missing (it may hide any kind).
     """
+    hidden = {box.colour for box in scene.covered}
     form = int(rng.integers(3))
     if form == 0:
-        missing = [k for k in SHAPES if scene.count(kind=k) == 0]
+        missing = [k for k in SHAPES if scene.count(kind=k) == 0 and not hidden]
         noun = choose(rng, missing) if missing else None
     elif form == 1:
-        missing = [f"{c} shape" for c in COLOURS if scene.count(colour=c) == 0]
+        missing = [f"{c} shape" for c in COLOURS if scene.count(colour=c) == 0 and c not in hidden]
         noun = choose(rng, missing) if missing else None
     else:
-        near = scene.shapes[int(rng.integers(len(scene.shapes)))]
+        near = scene.visible[int(rng.integers(len(scene.visible)))]
         colour = choose(rng, COLOURS) if rng.random() < 0.5 else near.colour
         kind = choose(rng, SHAPES) if colour == near.colour else near.kind
-        noun = f"{colour} {kind}" if scene.count(kind=kind, colour=colour) == 0 else None
+        noun = f"{colour} {kind}" if scene.count(kind=kind, colour=colour) == 0 and colour not in hidden else None
     if noun is None:
         return None
     phrasing = int(rng.integers(4))
@@ -247,14 +285,22 @@ def _absence(scene: Scene, rng: np.random.Generator) -> str | None:
     return f"there are {count_phrase(0, noun, rng)}"
 
 
-def _negation(scene: Scene, rng: np.random.Generator) -> str:
-    """``it is not true that`` before a false sentence, the SNLI-VE and NLVR2 contradiction prompt."""
+def _negation(scene: Scene, rng: np.random.Generator) -> str | None:
+    """``it is not true that`` before a false sentence, the SNLI-VE and NLVR2 contradiction prompt.
+
+    None with a covered box: what it hides could make the sentence true.
+    """
+    if scene.covered:
+        return None
     false = statement(scene, rng, truth=False).rstrip(".")
     return f"it is not true that {false[0].lower()}{false[1:]}"
 
 
 def _comparison(scene: Scene, rng: np.random.Generator) -> str | None:
-    """``there are more circles than squares`` (or fewer, or as many); None if there are neither."""
+    """``there are more circles than squares`` (or fewer, or as many); None if there are neither, or
+    a covered box could hide either."""
+    if scene.covered:
+        return None
     a, b = (SHAPES[int(i)] for i in rng.choice(len(SHAPES), size=2, replace=False))
     na, nb = scene.count(kind=a), scene.count(kind=b)
     if na == nb == 0:
@@ -264,20 +310,27 @@ def _comparison(scene: Scene, rng: np.random.Generator) -> str | None:
     return f"there are {'more' if na > nb else 'fewer'} {plural(a)} than {plural(b)}"
 
 
-def _total(scene: Scene, rng: np.random.Generator) -> str:
-    """``4 shapes in all``."""
-    n = count_phrase(len(scene.shapes), "shape", rng, allow_article=False)
+def _total(scene: Scene, rng: np.random.Generator) -> str | None:
+    """``3 shapes in all``; None with a covered box (is the hidden shape counted or not?)."""
+    if scene.covered:
+        return None
+    n = count_phrase(len(scene.visible), "shape", rng, allow_article=False)
     return f"{n} {choose(rng, ['in all', 'in total', 'altogether'])}"
 
 
 def _count_of_one(scene: Scene, rng: np.random.Generator) -> str:
-    """How many of one kind or colour (present more often than not): ``there are 2 circles``."""
-    present = scene.shapes[int(rng.integers(len(scene.shapes)))]
-    if rng.random() < 0.5:
+    """How many of one kind or colour (present more often than not): ``there are 2 circles``.
+
+    With a covered box, only colours other than the box's are counted (it may hide any kind).
+    """
+    hidden = {box.colour for box in scene.covered}
+    present = scene.visible[int(rng.integers(len(scene.visible)))]
+    if not hidden and rng.random() < 0.5:
         kind = present.kind if rng.random() < 0.6 else choose(rng, SHAPES)
         n, noun = scene.count(kind=kind), kind
     else:
-        colour = present.colour if rng.random() < 0.6 else choose(rng, COLOURS)
+        colour = present.colour if rng.random() < 0.6 and present.colour not in hidden else None
+        colour = colour or choose(rng, [c for c in COLOURS if c not in hidden])
         n, noun = scene.count(colour=colour), f"{colour} shape"
     phrase = count_phrase(n, noun, rng)
     return f"there {'is' if n == 1 else 'are'} {phrase}" if rng.random() < 0.6 else phrase

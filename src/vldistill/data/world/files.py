@@ -1,13 +1,15 @@
-"""File plumbing shared by the task writers: deterministic JSON, split sizes, per-task random streams."""
+"""Plumbing shared by the task writers: deterministic JSON, split sizes, per-task random streams, balanced draws."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 STYLE_IDS: dict[str, int] = {"base": 0, "shifted": 1}
 TASK_IDS: dict[str, int] = {"vqa": 0, "snli_ve": 1, "vcr": 2, "nlvr2": 3, "captions": 4}
@@ -45,3 +47,24 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 def balanced_labels(n: int, n_classes: int, rng: np.random.Generator) -> list[int]:
     """``n`` labels in ``range(n_classes)``, as equal in number as ``n`` allows, in random order."""
     return [int(v) for v in rng.permutation(np.arange(n) % n_classes)]
+
+
+class Deck(Generic[T]):
+    """Draws ``items`` in rounds: each round is a fresh random order of all of them.
+
+    After ``n`` draws every item has been drawn ``n // len(items)`` or one more time, so a deck of
+    answers balances answers exactly, and a deck of question texts per answer makes the text
+    independent of the answer (what a text-only model would need to beat chance).
+    """
+
+    def __init__(self, items: Sequence[T], rng: np.random.Generator) -> None:
+        if not items:
+            raise ValueError("a deck needs at least one item")
+        self.items, self.rng = list(items), rng
+        self._round: list[T] = []
+
+    def draw(self) -> T:
+        """The next item; a new round is shuffled when the last one is used up."""
+        if not self._round:
+            self._round = [self.items[int(k)] for k in self.rng.permutation(len(self.items))]
+        return self._round.pop()

@@ -1,7 +1,7 @@
-"""Words for scenes: referring expressions, captions, and true / false / undecidable statements.
+"""Words for scenes: number words, place phrases, referring expressions and true or false statements.
 
-Every sentence is built from a :class:`~vldistill.data.world.scene.Scene` and checked against it,
-so captions, SNLI-VE hypotheses and the VQA / VCR / NLVR2 writers all agree with the picture.
+Every sentence is built from a :class:`~vldistill.data.world.scene.Scene` and checked against it, so
+the captions and the VQA / VCR / NLVR2 writers that use these words agree with the picture.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from vldistill.data.world.scene import COLOURS, SHAPES, SIZES, Scene, Shape
+from vldistill.data.world.scene import COLOURS, MAX_SHAPES, SHAPES, SIZES, Scene, Shape
 
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 POSITION_PHRASES: dict[str, str] = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
+    "top left": "at the top left",
+    "top right": "at the top right",
+    "bottom left": "at the bottom left",
+    "bottom right": "at the bottom right",
 }
 # Attribute sets tried for a referring expression, shortest first; position always disambiguates
 # because each slot holds at most one shape.
@@ -32,6 +32,11 @@ _REFERRING_SETS: tuple[tuple[str, ...], ...] = (
     ("kind", "position"),
     ("colour", "position"),
 )
+
+
+def _could_hide(box: Shape, values: dict[str, str]) -> bool:
+    """Whether the covered ``box`` could hide a shape with these attributes (its colour and place show)."""
+    return all(values.get(a, getattr(box, a)) == getattr(box, a) for a in ("colour", "position"))
 
 
 def plural(noun: str, n: int = 2) -> str:
@@ -61,10 +66,11 @@ def noun_phrase(attrs: dict[str, str], noun: str = "shape") -> str:
 
 
 def refer(scene: Scene, index: int, rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> str | None:
-    """A definite description (``the red circle``) that picks out shape ``index`` alone.
+    """A definite description (``the red circle``) that picks out the visible shape ``index`` alone.
 
-    Attributes in ``exclude`` are never used (a colour question must not name the colour).
-    Returns ``None`` when no description without them is unique.
+    Attributes in ``exclude`` are never used (a colour question must not name the colour). A
+    covered box could hide a shape of its colour and any kind, so a description it could fit is not
+    unique. Returns ``None`` when no description without ``exclude`` is unique.
     """
     shape = scene.shapes[index]
     unique = []
@@ -72,7 +78,7 @@ def refer(scene: Scene, index: int, rng: np.random.Generator, exclude: tuple[str
         if any(a in exclude for a in attrs):
             continue
         values = {a: getattr(shape, a) for a in attrs}
-        if len(scene.matching(**values)) == 1:
+        if len(scene.matching(**values)) == 1 and not any(_could_hide(box, values) for box in scene.covered):
             unique.append(values)
     if not unique:
         return None
@@ -82,63 +88,9 @@ def refer(scene: Scene, index: int, rng: np.random.Generator, exclude: tuple[str
     return "the " + noun_phrase(unique[int(rng.integers(min(2, len(unique))))], noun)
 
 
-def shape_phrase(shape: Shape, rng: np.random.Generator) -> str:
-    """An indefinite description of one shape with a random subset of its attributes."""
-    attrs: dict[str, str] = {"kind": shape.kind}
-    if rng.random() < 0.85:
-        attrs["colour"] = shape.colour
-    if rng.random() < 0.5:
-        attrs["size"] = shape.size
-    if rng.random() < 0.4:
-        attrs["position"] = shape.position
-    phrase = noun_phrase(attrs)
-    return f"{article(phrase)} {phrase}"
-
-
 def join_list(items: Sequence[str]) -> str:
     """``["a", "b", "c"]`` -> ``a, b and c``."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def caption(scene: Scene, rng: np.random.Generator, background: str) -> str:
-    """A true description of the whole scene in one of several phrasings.
-
-    ``background`` names the style's background (``plain``, ``photo``) for occasional mention.
-    """
-    shapes = list(scene.shapes)
-    order = rng.permutation(len(shapes))
-    phrases = [shape_phrase(shapes[int(i)], rng) for i in order]
-    n = len(shapes)
-    form = int(rng.integers(5))
-    if form == 0:
-        text = f"{choose(rng, ['A picture of', 'An image with', 'A drawing of'])} {join_list(phrases)}"
-    elif form == 1:
-        text = f"{NUMBER_WORDS[n].capitalize()} {plural('shape', n)}: {join_list(phrases)}"
-    elif form == 2:
-        counts = [(k, scene.count(kind=k)) for k in SHAPES if scene.count(kind=k)]
-        parts = [f"{NUMBER_WORDS[c] if c > 1 else 'a'} {plural(k, c)}" for k, c in counts]
-        text = f"{'There is' if counts[0][1] == 1 else 'There are'} {join_list(parts)}"
-    elif form == 3 and n >= 2:
-        a, b = (shapes[int(i)] for i in order[:2])
-        relation = _relation_phrase(a, b)
-        text = f"The {a.colour} {a.kind} is {relation} the {b.colour} {b.kind}"
-        if n > 2:
-            text += f", among {NUMBER_WORDS[n]} shapes"
-    else:
-        text = join_list(phrases)
-        text = text[0].upper() + text[1:]
-    if rng.random() < 0.3:
-        text += " on a plain background" if background == "plain" else " over a photograph"
-    return text + "."
-
-
-def _relation_phrase(a: Shape, b: Shape) -> str:
-    """How ``a`` sits relative to ``b``, e.g. ``to the left of`` or ``larger than``."""
-    if a.size != b.size:
-        return "larger than" if a.size == "large" else "smaller than"
-    if abs(a.cx - b.cx) > abs(a.cy - b.cy):
-        return "to the left of" if a.cx < b.cx else "to the right of"
-    return "above" if a.cy < b.cy else "below"
 
 
 Statement = tuple[str, bool]
@@ -160,7 +112,7 @@ def _statement_exists(scene: Scene, rng: np.random.Generator) -> Statement:
 
 
 def _statement_count(scene: Scene, rng: np.random.Generator) -> Statement:
-    n = len(scene.shapes) if rng.random() < 0.5 else int(rng.integers(1, 5))
+    n = len(scene.shapes) if rng.random() < 0.5 else int(rng.integers(1, MAX_SHAPES + 1))
     if rng.random() < 0.5:
         text = f"There {'is' if n == 1 else 'are'} {NUMBER_WORDS[n]} {plural('shape', n)}."
         return text, len(scene.shapes) == n
@@ -220,29 +172,3 @@ def statement(scene: Scene, rng: np.random.Generator, truth: bool) -> str:
             text, value = maker(scene, rng)
             if value == truth:
                 return text
-
-
-_NEUTRAL_ABOUT_SHAPE: tuple[str, ...] = (
-    "The {c} {k} is made of wood.",
-    "The {k} was painted by a child.",
-    "The {c} {k} is very heavy.",
-    "Someone will move the {k} tomorrow.",
-    "The {k} is made of plastic.",
-    "The {c} {k} is cold to the touch.",
-    "The {k} is the artist's favourite shape.",
-)
-_NEUTRAL_ABOUT_PICTURE: tuple[str, ...] = (
-    "The picture was taken yesterday.",
-    "This picture was drawn in Paris.",
-    "The shapes were cut out of paper.",
-    "The artist used a new brush.",
-    "The picture hangs in a museum.",
-)
-
-
-def neutral_statement(scene: Scene, rng: np.random.Generator) -> str:
-    """A sentence the picture can neither confirm nor refute (material, time, maker...)."""
-    if rng.random() < 0.65:
-        s = scene.shapes[int(rng.integers(len(scene.shapes)))]
-        return choose(rng, _NEUTRAL_ABOUT_SHAPE).format(c=s.colour, k=s.kind)
-    return choose(rng, _NEUTRAL_ABOUT_PICTURE)

@@ -2,7 +2,9 @@
 
 One sentence is written per set and judged against two image pairs, one that makes it true and one
 that makes it false (real NLVR2 has four pairs per set; two keep the structure that the consistency
-metric needs: the same sentence over several pairs). Labels are therefore exactly balanced.
+metric needs: the same sentence over several pairs). Labels are therefore exactly balanced, and
+every sentence is as often true as false. Pictures hold 1-3 shapes, one per quadrant, so counts go
+up to three per picture and six per pair.
 Identifiers follow ``<split>-<set>-<pair>-<sentence>``; images ``<split>-<set>-<pair>-img0.png``
 (left) and ``-img1.png`` (right), under ``images/train/<directory>/`` or ``images/dev/``.
 """
@@ -18,11 +20,12 @@ import numpy as np
 from vldistill.data.world.files import scaled, task_rng, write_jsonl
 from vldistill.data.world.language import NUMBER_WORDS, article, choose, plural
 from vldistill.data.world.render import STYLES, render
-from vldistill.data.world.scene import COLOURS, SHAPES, Scene, sample_scene
+from vldistill.data.world.scene import COLOURS, MAX_SHAPES, SHAPES, Scene, sample_scene
 
 SPLITS: dict[str, int] = {"train": 300, "dev": 100}  # sets at scale 1; two pairs each
 SETS_PER_DIRECTORY = 50
 MAX_TRIES = 400
+MAX_SENTENCES = 50
 Predicate = Callable[[Scene, Scene], bool]
 
 
@@ -62,14 +65,14 @@ def _sentence(rng: np.random.Generator) -> tuple[str, str, Predicate]:
             lambda a, b: (a.count(kind=kind) > 0) != (b.count(kind=kind) > 0),
         )
     if form == 4:
-        n = int(rng.integers(3, 8))
+        n = int(rng.integers(2, 2 * MAX_SHAPES + 1))
         return (
             f"There are {NUMBER_WORDS[n]} shapes in total.",
             "shape",
             lambda a, b: len(a.shapes) + len(b.shapes) == n,
         )
     if form == 5:
-        n = int(rng.integers(1, 5))
+        n = int(rng.integers(1, MAX_SHAPES + 1))
         return (
             f"One image contains exactly {NUMBER_WORDS[n]} {plural('shape', n)}.",
             "shape",
@@ -105,8 +108,16 @@ def _pair(predicate: Predicate, truth: bool, rotate: bool, rng: np.random.Genera
 
 
 def _sample_set(rng: np.random.Generator, rotate: bool) -> tuple[str, str, list[tuple[bool, tuple[Scene, Scene]]]]:
-    """A sentence, its synset, and one pair that makes it true and one that makes it false."""
-    while True:
+    """A sentence, its synset, and one pair that makes it true and one that makes it false.
+
+    A sentence whose truth value (almost) never comes up in :data:`MAX_TRIES` random pairs is
+    replaced by another; every form can be true and false on scenes of 1-3 shapes, so this is rare.
+
+    Raises:
+        RuntimeError: :data:`MAX_SENTENCES` sentences in a row found no pair (a form that cannot be
+            both true and false: a bug in :func:`_sentence`).
+    """
+    for _ in range(MAX_SENTENCES):
         sentence, synset, predicate = _sentence(rng)
         pairs = []
         for truth in (bool(t) for t in rng.permutation([True, False])):
@@ -116,6 +127,7 @@ def _sample_set(rng: np.random.Generator, rotate: bool) -> tuple[str, str, list[
             pairs.append((truth, pair))
         else:
             return sentence, synset, pairs
+    raise RuntimeError(f"no NLVR2 sentence of {MAX_SENTENCES} found a true and a false pair")
 
 
 def write_nlvr2(root: Path, style: str, seed: int, scale: float) -> dict[str, int]:

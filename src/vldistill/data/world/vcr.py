@@ -5,7 +5,8 @@ Questions, answers and rationales refer to objects by index, as in real VCR (``W
 rationales: the right one is a true statement about the referenced objects that supports the
 answer (``[0] is the biggest shape in the picture .``), the wrong ones are false statements of the
 same kinds, so choosing a rationale requires looking at the picture. Answer and rationale labels
-are spread uniformly over the four positions. The metadata boxes are the rendered objects' boxes.
+are spread uniformly over the four positions. Pictures hold 2-4 shapes, one per quadrant (no
+covered boxes); the metadata boxes are the rendered objects' boxes.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _where_item(scene: Scene, i: int, j: int, rng: np.random.Generator) -> _Item
     question = choose(rng, ["Where is [{i}] ?", "Where in the picture is [{i}] ?"]).format(i=i)
     wrong = [f"[{i}] is {POSITION_PHRASES[p]} ." for p in POSITIONS if p != si.position]
     rationales: list[Statement] = [
-        (f"[{i}] is near the {p} edge of the picture .", p == si.position) for p in POSITIONS
+        (f"[{i}] is in the {p} corner of the picture .", p == si.position) for p in POSITIONS
     ]
     for k, sk in enumerate(scene.shapes):
         if k != i:
