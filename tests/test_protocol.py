@@ -284,3 +284,34 @@ def test_a_failing_run_stops_the_protocol_with_its_error_and_the_others_finish(t
     del methods["broken"]
     run_protocol(_small_spec(methods, jobs=2), tmp_path / "p")  # continues: nothing left to run
     assert (tmp_path / "p/results.jsonl").read_text() == before
+
+
+def test_per_task_and_per_condition_overrides_reach_the_run_config(tmp_path):
+    from vldistill.protocol import ProtocolConfig, experiment
+
+    spec = ProtocolConfig.model_validate(
+        {
+            "base": {"data": {"root": "world"}, "train": {"max_steps": 600, "lr": 1e-3}},
+            "tasks": ["vqa", "snli_ve"],
+            "per_task": {"vqa": {"data": {"dev_holdout": 750}}},
+            "conditions": [{"name": "full"}, {"name": "low", "fraction": 0.1, "train": {"max_steps": 400}}],
+            "methods": {"none": {}},
+        }
+    )
+    full, low = spec.conditions
+    vqa_full = experiment(spec, "vqa", full, "none", 0, tmp_path)
+    assert vqa_full.data.dev_holdout == 750 and vqa_full.train.max_steps == 600
+    vqa_low = experiment(spec, "vqa", low, "none", 1, tmp_path)
+    assert vqa_low.train.max_steps == 400 and vqa_low.train.lr == 1e-3 and vqa_low.data.fraction == 0.1
+    snli = experiment(spec, "snli_ve", low, "none", 0, tmp_path)
+    assert snli.data.dev_holdout is None and snli.data.dev_split == "dev" and snli.train.max_steps == 400
+
+
+def test_per_task_must_name_a_task_of_the_protocol():
+    import pytest
+    from pydantic import ValidationError
+
+    from vldistill.protocol import ProtocolConfig
+
+    with pytest.raises(ValidationError, match="per_task names nlvr2, not in tasks"):
+        ProtocolConfig.model_validate({"base": {}, "tasks": ["vqa"], "per_task": {"nlvr2": {}}, "methods": {}})

@@ -50,6 +50,7 @@ class Condition(_Strict):
     # Low-shot runs see fewer examples per epoch; more epochs keep them from stopping after a handful
     # of steps (with 10% of the data and the full run's epochs, every method predicts the majority).
     epochs: int | None = Field(None, ge=1)
+    train: dict[str, Any] | None = None  # overrides of the train section under this condition (e.g. max_steps)
 
 
 class MethodEntry(_Strict):
@@ -68,6 +69,9 @@ class ProtocolConfig(_Strict):
     conditions: list[Condition] = Field(default_factory=lambda: [Condition(name="full")])
     shift: bool = True
     roots: dict[str, str] = Field(default_factory=dict)  # task -> dataset root (else base.data.root)
+    # task -> overrides of the base config for that task (e.g. {vqa: {data: {dev_holdout: 750}}}: VQA v2
+    # has no dev split, SNLI-VE has one)
+    per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
     shift_roots: dict[str, str] = Field(default_factory=dict)  # task -> domain-shifted root
     methods: dict[str, MethodEntry]
     seeds: list[int] = Field(default_factory=lambda: [0])
@@ -80,6 +84,9 @@ class ProtocolConfig(_Strict):
             raise ValueError("conditions must include 'full' (the domain shift is evaluated on its runs)")
         if len(set(names)) != len(names):
             raise ValueError("condition names must be unique")
+        unknown = sorted(set(self.per_task) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"per_task names {', '.join(unknown)}, not in tasks; fix: use one of {self.tasks}")
         return self
 
 
@@ -165,7 +172,8 @@ def experiment(
     exist; without, it is left as written (every cell's config is checked before any run starts).
     """
     entry = spec.methods[label]
-    tree = _merge(spec.base, {"name": f"{spec.name}/{task}/{condition.name}/{label}/seed{seed}"})
+    tree = _merge(spec.base, spec.per_task.get(task, {}))
+    tree = _merge(tree, {"name": f"{spec.name}/{task}/{condition.name}/{label}/seed{seed}"})
     data = tree.setdefault("data", {})
     data.update(task=task, fraction=condition.fraction, per_group=condition.per_group, subset_seed=seed)
     if task in spec.roots:
@@ -184,6 +192,8 @@ def experiment(
     tree.setdefault("train", {})["seed"] = seed
     if condition.epochs is not None:
         tree["train"]["epochs"] = condition.epochs
+    if condition.train:
+        tree["train"] = _merge(tree["train"], condition.train)
     return parse_config(tree, f"protocol {spec.name} ({task}/{condition.name}/{label})")
 
 
