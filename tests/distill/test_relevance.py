@@ -31,9 +31,7 @@ def test_teacher_patches_are_averaged_onto_the_coarser_student_grid() -> None:
 
 def test_student_word_attention_averages_heads_and_word_pieces() -> None:
     # 2 heads, 3 tokens ([CLS], piece a of word 0, piece b of word 0), 2 patches
-    t2i = torch.tensor(
-        [[[[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]]]]
-    )  # (1, 2, 3, 2)
+    t2i = torch.tensor([[[[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]]]])  # (1, 2, 3, 2)
     word_index = torch.tensor([[-1, 0, 0]])
     att, mask = student_word_attention(t2i, word_index, max_words=2)
     # head mean: piece a [1, 0], piece b [0.5, 0.5]; word 0 = mean of its pieces [0.75, 0.25]
