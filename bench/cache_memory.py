@@ -37,8 +37,12 @@ from vldistill.data.examples import TaskExample
 
 # teacher -> field -> shape of one example's row (what ``unimodal_targets`` stores for a VQA example).
 FIELDS: dict[str, dict[str, tuple[int, ...]]] = {
-    "clip": {"image_tokens": (1, 196, 768), "image_embeds": (1, 512), "text_words": (1, 32, 512),
-             "text_embeds": (1, 512)},
+    "clip": {
+        "image_tokens": (1, 196, 768),
+        "image_embeds": (1, 512),
+        "text_words": (1, 32, 512),
+        "text_embeds": (1, 512),
+    },
 }
 STAMP_BASE = 1024  # each row starts with its example index in 3 base-1024 digits: exact in float16
 STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "VmHWM")
@@ -126,16 +130,28 @@ class SyntheticRows:
     slice): no random numbers are drawn per shard and no shard is held after it is written.
     """
 
-    def __init__(self, dtype: torch.dtype, rows_per_shard: int, seed: int = 0,
-                 fields: dict[str, dict[str, tuple[int, ...]]] = FIELDS) -> None:
+    def __init__(
+        self,
+        dtype: torch.dtype,
+        rows_per_shard: int,
+        seed: int = 0,
+        fields: dict[str, dict[str, tuple[int, ...]]] = FIELDS,
+    ) -> None:
         generator = torch.Generator().manual_seed(seed)
         self.dtype = dtype
         self.rows_per_shard = rows_per_shard
         self.period = rows_per_shard + 1  # each shard sees the pool rotated by one more row
-        self.pool = {t: {f: torch.randn((self.period, *shape), generator=generator).to(dtype).repeat(
-                         2, *[1] * len(shape)) for f, shape in fs.items()} for t, fs in fields.items()}
-        self.buffers = {t: {f: torch.empty((rows_per_shard, *shape), dtype=dtype) for f, shape in fs.items()}
-                        for t, fs in fields.items()}
+        self.pool = {
+            t: {
+                f: torch.randn((self.period, *shape), generator=generator).to(dtype).repeat(2, *[1] * len(shape))
+                for f, shape in fs.items()
+            }
+            for t, fs in fields.items()
+        }
+        self.buffers = {
+            t: {f: torch.empty((rows_per_shard, *shape), dtype=dtype) for f, shape in fs.items()}
+            for t, fs in fields.items()
+        }
 
     @property
     def bytes_per_example(self) -> int:
@@ -154,7 +170,7 @@ class SyntheticRows:
             for field, pool in fields.items():
                 buffer = self.buffers[teacher][field][:count]
                 offset = start % self.period
-                buffer.copy_(pool[offset:offset + count])  # index_select is ~50x slower for float16
+                buffer.copy_(pool[offset : offset + count])  # index_select is ~50x slower for float16
                 buffer.view(count, -1)[:, :3] = self.stamp(indices).to(self.dtype)
                 out.setdefault(teacher, {})[field] = buffer
         return out
@@ -174,8 +190,10 @@ def check_disk(folder: Path, size_bytes: int) -> None:
     """Refuse (``SystemExit``) unless ``folder``'s disk has the cache's size + 10% free."""
     free = shutil.disk_usage(folder).free
     if free < 1.1 * size_bytes:
-        raise SystemExit(f"not enough disk space in {folder}: the cache needs {size_bytes / GIB:.2f} GiB + 10%, "
-                         f"only {free / GIB:.2f} GiB is free; pass --dir on a bigger disk or a smaller --size-gb")
+        raise SystemExit(
+            f"not enough disk space in {folder}: the cache needs {size_bytes / GIB:.2f} GiB + 10%, "
+            f"only {free / GIB:.2f} GiB is free; pass --dir on a bigger disk or a smaller --size-gb"
+        )
 
 
 def write_cache(folder: Path, n_examples: int, rows: SyntheticRows, fp16: bool) -> dict[str, Any]:
@@ -193,8 +211,14 @@ def write_cache(folder: Path, n_examples: int, rows: SyntheticRows, fp16: bool) 
     os.sync()  # the read must not find dirty pages still on their way to the disk
     sync_s = time.perf_counter() - start - write_s
     on_disk = sum(p.stat().st_size for p in folder.glob("shard-*.safetensors"))
-    return {"shards": shards, "examples": n_examples, "bytes_on_disk": on_disk, "write_seconds": round(write_s, 2),
-            "sync_seconds": round(sync_s, 2), "write_mb_per_s": round(on_disk / MIB / (write_s + sync_s), 1)}
+    return {
+        "shards": shards,
+        "examples": n_examples,
+        "bytes_on_disk": on_disk,
+        "write_seconds": round(write_s, 2),
+        "sync_seconds": round(sync_s, 2),
+        "write_mb_per_s": round(on_disk / MIB / (write_s + sync_s), 1),
+    }
 
 
 def evict_from_page_cache(folder: Path) -> None:
@@ -207,8 +231,18 @@ def evict_from_page_cache(folder: Path) -> None:
             os.close(fd)
 
 
-def read_cache(folder: Path, n_examples: int, rows: SyntheticRows, fp16: bool, sampler: MemorySampler, *,
-               batch_size: int, max_batches: int | None, max_seconds: float, seed: int) -> dict[str, Any]:
+def read_cache(
+    folder: Path,
+    n_examples: int,
+    rows: SyntheticRows,
+    fp16: bool,
+    sampler: MemorySampler,
+    *,
+    batch_size: int,
+    max_batches: int | None,
+    max_seconds: float,
+    seed: int,
+) -> dict[str, Any]:
     """Open the cache and look up random batches (a full pass in random order, or fewer batches);
     check one row of every batch against :meth:`SyntheticRows.expected`."""
     before_open = process_memory()["RssAnon"]
@@ -225,7 +259,7 @@ def read_cache(folder: Path, n_examples: int, rows: SyntheticRows, fp16: bool, s
     lookup_s, examples, verified, batches_read = 0.0, 0, 0, 0
     start = time.perf_counter()
     for b in range(batches):
-        indices = order[b * batch_size:(b + 1) * batch_size].tolist()
+        indices = order[b * batch_size : (b + 1) * batch_size].tolist()
         batch = [example_of(i) for i in indices]
         t0 = time.perf_counter()
         out = cache.lookup(batch)
@@ -244,19 +278,36 @@ def read_cache(folder: Path, n_examples: int, rows: SyntheticRows, fp16: bool, s
             break
     read_bytes = examples * rows.bytes_per_example
     return {
-        "open_seconds": round(open_s, 2), "open_files": descriptors, "memory_mappings": mappings,
-        "rss_anon_before_open_mib": round(before_open / MIB, 1), "rss_anon_after_open_mib": round(after_open / MIB, 1),
-        "batch_size": batch_size, "batches_read": batches_read, "examples_read": examples,
-        "full_pass": examples == n_examples, "read_gib": round(read_bytes / GIB, 3),
-        "read_seconds": round(time.perf_counter() - start, 2), "lookup_seconds": round(lookup_s, 2),
-        "examples_per_s": round(examples / lookup_s, 1), "mb_per_s": round(read_bytes / MIB / lookup_s, 1),
+        "open_seconds": round(open_s, 2),
+        "open_files": descriptors,
+        "memory_mappings": mappings,
+        "rss_anon_before_open_mib": round(before_open / MIB, 1),
+        "rss_anon_after_open_mib": round(after_open / MIB, 1),
+        "batch_size": batch_size,
+        "batches_read": batches_read,
+        "examples_read": examples,
+        "full_pass": examples == n_examples,
+        "read_gib": round(read_bytes / GIB, 3),
+        "read_seconds": round(time.perf_counter() - start, 2),
+        "lookup_seconds": round(lookup_s, 2),
+        "examples_per_s": round(examples / lookup_s, 1),
+        "mb_per_s": round(read_bytes / MIB / lookup_s, 1),
         "verified_rows": verified,
     }
 
 
-def run(folder: Path, size_bytes: int, *, fp16: bool = True, rows_per_shard: int = 64, batch_size: int = 64,
-        max_batches: int | None = None, max_seconds: float = 300.0, interval: float = 0.5,
-        seed: int = 0) -> dict[str, Any]:
+def run(
+    folder: Path,
+    size_bytes: int,
+    *,
+    fp16: bool = True,
+    rows_per_shard: int = 64,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    max_seconds: float = 300.0,
+    interval: float = 0.5,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write a synthetic cache of about ``size_bytes`` in ``folder`` (which must exist), then read it
     under a :class:`MemorySampler`; return the summary (sizes in MiB/GiB, memory peaks of the read)."""
     check_disk(folder, size_bytes)
@@ -266,21 +317,37 @@ def run(folder: Path, size_bytes: int, *, fp16: bool = True, rows_per_shard: int
     evict_from_page_cache(folder)
     hwm_reset = reset_peak_rss()  # VmHWM then covers the read alone, not the writer's buffers
     with MemorySampler(interval) as sampler:
-        read = read_cache(folder, n_examples, rows, fp16, sampler, batch_size=batch_size, max_batches=max_batches,
-                          max_seconds=max_seconds, seed=seed)
+        read = read_cache(
+            folder,
+            n_examples,
+            rows,
+            fp16,
+            sampler,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            max_seconds=max_seconds,
+            seed=seed,
+        )
     peaks = sampler.peaks()
     cache_bytes = write["bytes_on_disk"]
     return {
-        "cache": {"folder": str(folder), "dtype": "float16" if fp16 else "float32", "fields": FIELDS,
-                  "bytes_per_example": rows.bytes_per_example, "rows_per_shard": rows_per_shard,
-                  "size_gib": round(cache_bytes / GIB, 3),
-                  "size_over_ram": round(cache_bytes / meminfo_bytes("MemTotal"), 3)},
+        "cache": {
+            "folder": str(folder),
+            "dtype": "float16" if fp16 else "float32",
+            "fields": FIELDS,
+            "bytes_per_example": rows.bytes_per_example,
+            "rows_per_shard": rows_per_shard,
+            "size_gib": round(cache_bytes / GIB, 3),
+            "size_over_ram": round(cache_bytes / meminfo_bytes("MemTotal"), 3),
+        },
         "write": write,
         "read": read,
         "memory": {
             **{f"peak_{name.lower()}_mib": round(value / MIB, 1) for name, value in peaks.items()},
             "peak_rss_anon_over_cache": round(peaks["RssAnon"] / cache_bytes, 5),
-            "samples": len(sampler.samples), "interval_s": interval, "vm_hwm_reset_before_read": hwm_reset,
+            "samples": len(sampler.samples),
+            "interval_s": interval,
+            "vm_hwm_reset_before_read": hwm_reset,
         },
         "timeline": sampler.samples,
     }
@@ -288,16 +355,26 @@ def run(folder: Path, size_bytes: int, *, fp16: bool = True, rows_per_shard: int
 
 def machine(folder: Path) -> dict[str, Any]:
     disk = shutil.disk_usage(folder)
-    return {"nproc": len(os.sched_getaffinity(0)), "mem_total_gib": round(meminfo_bytes("MemTotal") / GIB, 2),
-            "disk_total_gib": round(disk.total / GIB, 1), "disk_free_gib_before": round(disk.free / GIB, 1),
-            "python": sys.version.split()[0], "numpy": np.__version__, "torch": torch.__version__}
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "mem_total_gib": round(meminfo_bytes("MemTotal") / GIB, 2),
+        "disk_total_gib": round(disk.total / GIB, 1),
+        "disk_free_gib_before": round(disk.free / GIB, 1),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--size-gb", type=float, help="cache size in GiB (default: 1.25 x MemTotal)")
-    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where to create the cache's folder (default: the temp folder)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where to create the cache's folder (default: the temp folder)",
+    )
     parser.add_argument("--json", type=Path, help="also write the summary and the memory timeline here")
     parser.add_argument("--keep", action="store_true", help="keep the cache (its folder is printed)")
     parser.add_argument("--fp32", action="store_true", help="store float32 targets (default: float16)")
@@ -313,13 +390,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     info = machine(args.dir)
     folder = Path(tempfile.mkdtemp(prefix="vldistill-cache-memory-", dir=args.dir))
     try:
-        result = run(folder, size, fp16=not args.fp32, rows_per_shard=args.rows_per_shard,
-                     batch_size=args.batch_size, max_batches=args.batches, max_seconds=args.max_seconds)
+        result = run(
+            folder,
+            size,
+            fp16=not args.fp32,
+            rows_per_shard=args.rows_per_shard,
+            batch_size=args.batch_size,
+            max_batches=args.batches,
+            max_seconds=args.max_seconds,
+        )
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
-    result = {"command": " ".join(["python bench/cache_memory.py", *(argv if argv is not None else sys.argv[1:])]),
-              "date": started, "machine": info, "kept": args.keep, **result}
+    result = {
+        "command": " ".join(["python bench/cache_memory.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": started,
+        "machine": info,
+        "kept": args.keep,
+        **result,
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "timeline"}, indent=1))
