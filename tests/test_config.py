@@ -155,3 +155,27 @@ def test_selection_settings_need_a_dev_set_and_evaluations() -> None:
     )
     cfg = parse_config(tiny_tree("vqa", data={"dev_holdout": 0.1}, train={"eval_every": 10, "early_stopping": 3}), "t")
     assert (cfg.train.eval_every, cfg.train.early_stopping) == (10, 3)
+
+
+def test_zero_shot_prompts_are_checked_and_reach_the_candidates(tmp_path):
+    from vldistill.data.readers import read_task
+    from vldistill.data.tasks import ExampleBuilder
+    from vldistill.data.world import generate_world
+
+    with pytest.raises(ConfigError, match="must hold the hypothesis once"):
+        parse_config({"data": {"task": "snli_ve", "ve_prompts": ["{}", "maybe", "not {}"]}}, "t")
+    with pytest.raises(ConfigError, match="may only use"):
+        parse_config({"data": {"task": "vqa", "vqa_prompt": "{q} {answer}"}}, "t")
+    with pytest.raises(ConfigError, match="must contain"):
+        parse_config({"data": {"task": "vqa", "vqa_prompt": "{question}"}}, "t")
+    cfg = parse_config(
+        {"data": {"task": "snli_ve", "ve_prompts": ["{}", "maybe {}", "it is not true that {}"]}}, "t"
+    )
+    generate_world(tmp_path, style="base", scale=0.01)
+    records = read_task("snli_ve", tmp_path / "base" / "snli_ve", "train")
+    example = ExampleBuilder("snli_ve", records, ve_prompts=cfg.data.ve_prompts)(records[:1])[0]
+    hypothesis = records[0].hypothesis
+    assert example.candidates == (hypothesis, f"maybe {hypothesis}", f"it is not true that {hypothesis}")
+    vqa = read_task("vqa", tmp_path / "base" / "vqa", "train2014")
+    question = ExampleBuilder("vqa", vqa, vqa_prompt="{answer}")(vqa[:1])[0]
+    assert all(" " not in c or c in ("top left", "top right", "bottom left", "bottom right") for c in question.candidates)

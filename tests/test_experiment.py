@@ -101,3 +101,13 @@ def test_every_seed_and_subset_selects_on_the_same_held_out_dev_set(tmp_path: Pa
     manifest = json.loads((tmp_path / "subset.json").read_text())
     assert manifest["params"]["dev_holdout"] == 0.25 and manifest["params"]["dev_split"] is None
     assert set(manifest["ids"]) == {ex.meta["record"] for ex in runs[0].train}
+
+
+def test_zero_shot_prompts_are_part_of_the_data_fingerprint() -> None:
+    """A teacher cache holds candidate scores: other prompts must not reuse it; the defaults keep old keys."""
+    tree = tiny_tree("snli_ve")
+    default = load_data(parse_config(tree, "t").data).fingerprint
+    tree["data"]["ve_prompts"] = ["{}", "perhaps {}", "it is not true that {}"]  # the defaults, written out
+    assert load_data(parse_config(tree, "t").data).fingerprint == default
+    tree["data"]["ve_prompts"] = ["{}", "maybe {}", "it is not true that {}"]
+    assert load_data(parse_config(tree, "t").data).fingerprint != default

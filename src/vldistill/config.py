@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vldistill.data.tasks import VE_PROMPTS, VQA_PROMPT
 from vldistill.distill.config import MethodConfig
 from vldistill.errors import ConfigError
 from vldistill.models.students import StudentConfig
@@ -77,8 +78,33 @@ class DataConfig(_Strict):
     max_eval: int | None = Field(None, ge=1)
     skip_bad: bool = False
     min_answer_count: int = Field(1, ge=1)  # VQA answers seen fewer times are left out (ViLT: 9 on VQA v2)
+    # The texts a zero-shot teacher (CLIP) scores for its confidence weight (CLIP-TD's dynamic weight):
+    # SNLI-VE's three label prompts ({} is the hypothesis; entailment, neutral, contradiction) and VQA's
+    # candidate template. Write them in the teacher's own words: a CLIP trained on captions that never
+    # say "perhaps" cannot read "perhaps {}" as uncertainty (the demo's captions say "maybe").
+    ve_prompts: tuple[str, str, str] = VE_PROMPTS
+    vqa_prompt: str = VQA_PROMPT
     dev_split: str | None = None
     dev_holdout: int | float | None = None
+
+    @field_validator("ve_prompts")
+    @classmethod
+    def _ve_prompts_hold_the_hypothesis(cls, prompts: tuple[str, str, str]) -> tuple[str, str, str]:
+        for prompt in prompts:
+            if prompt.count("{}") != 1:
+                raise ValueError(f"prompt {prompt!r} must hold the hypothesis once, as {{}}")
+        return prompts
+
+    @field_validator("vqa_prompt")
+    @classmethod
+    def _vqa_prompt_holds_the_answer(cls, prompt: str) -> str:
+        try:
+            text = prompt.format(question="Q", answer="A")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"prompt {prompt!r} may only use {{question}} and {{answer}} ({err})") from None
+        if "A" not in text:
+            raise ValueError(f"prompt {prompt!r} must contain {{answer}}")
+        return prompt
 
     def splits(self) -> tuple[str, str]:
         train, evaluation = DEFAULT_SPLITS[self.task]

@@ -7,6 +7,7 @@ and models.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from vldistill.data.loader import examples_with_images
 from vldistill.data.readers import read_task, read_task_report
 from vldistill.data.records import Record
 from vldistill.data.subsets import apply_manifest, low_shot, write_manifest
-from vldistill.data.tasks import ExampleBuilder
+from vldistill.data.tasks import VE_PROMPTS, VQA_PROMPT, ExampleBuilder
 from vldistill.distill.methods import Method, build_method
 from vldistill.errors import ConfigError
 from vldistill.models.processing import Processor
@@ -195,7 +196,13 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
     train_split, eval_split = cfg.splits()
     root = resolve_root(cfg.root, cfg.style, cfg.task, cfg.world_scale)
     train_records = _read(cfg.task, root, train_split, cfg.skip_bad, verbose)
-    builder = ExampleBuilder(cfg.task, train_records, min_answer_count=cfg.min_answer_count)
+    builder = ExampleBuilder(
+        cfg.task,
+        train_records,
+        min_answer_count=cfg.min_answer_count,
+        ve_prompts=cfg.ve_prompts,
+        vqa_prompt=cfg.vqa_prompt,
+    )
     train = builder(train_records)
     if cfg.max_train:  # a cap on the training set itself: low-shot fractions are fractions of it
         train = _first_records(train, cfg.max_train)
@@ -237,7 +244,15 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
         evals[name], source = _read_eval_set(cfg, builder, r, eval_split, name, verbose)
         sources.append(source)
     # The split's files, not the subset: one teacher cache serves every subset of a split.
-    digest = hashlib.sha256(f"{cfg.task}:{train_split}:{_files_digest(root, train_split)}".encode()).hexdigest()
+    # The zero-shot prompts are part of the teacher's targets (candidate scores), so of the cache key.
+    prompts = (
+        json.dumps([cfg.ve_prompts, cfg.vqa_prompt])
+        if (cfg.ve_prompts, cfg.vqa_prompt) != (VE_PROMPTS, VQA_PROMPT)
+        else ""
+    )
+    digest = hashlib.sha256(
+        f"{cfg.task}:{train_split}:{_files_digest(root, train_split)}{prompts}".encode()
+    ).hexdigest()
     return DataBundle(cfg.task, builder, train, evals, digest, sources, dev)
 
 

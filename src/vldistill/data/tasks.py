@@ -29,8 +29,10 @@ from vldistill.data.records import (
     VQARecord,
 )
 
-VE_PROMPTS: tuple[str, ...] = ("{}", "perhaps {}", "it is not true that {}")
-"""Zero-shot prompts of the three SNLI-VE labels, in ``VE_LABELS`` order."""
+VE_PROMPTS: tuple[str, str, str] = ("{}", "perhaps {}", "it is not true that {}")
+"""Default zero-shot prompts of the three SNLI-VE labels, in ``VE_LABELS`` order (``data.ve_prompts``)."""
+VQA_PROMPT = "{question} {answer}"
+"""Default zero-shot VQA candidate text (``data.vqa_prompt``): CLIP-TD scores question and answer together."""
 
 
 def build_answer_vocab(records: Sequence[VQARecord], min_count: int = 1) -> list[str]:
@@ -84,9 +86,13 @@ class ExampleBuilder:
         *,
         min_answer_count: int = 1,
         max_candidates: int = 16,
+        ve_prompts: Sequence[str] = VE_PROMPTS,
+        vqa_prompt: str = VQA_PROMPT,
     ) -> None:
         self.task = task
         self.max_candidates = max_candidates
+        self.ve_prompts = tuple(ve_prompts)
+        self.vqa_prompt = vqa_prompt
         self.answers: list[str] = []
         self._by_type: dict[str, list[str]] = {}
         self._answer_set: frozenset[str] = frozenset()
@@ -134,7 +140,7 @@ class ExampleBuilder:
             texts=(r.question,),
             label=self._answer_index[gold] if gold else -1,
             soft_label=in_vocab,
-            candidates=tuple(f"{r.question} {a}" for a in cands),
+            candidates=tuple(self.vqa_prompt.format(question=r.question, answer=a) for a in cands),
             gold_candidate=cands.index(gold) if gold else -1,
             group=gold,
             meta={"record": str(r.question_id), "answer_type": r.answer_type, "question_type": r.question_type},
@@ -148,7 +154,7 @@ class ExampleBuilder:
             images=(r.image_path,),
             texts=(r.hypothesis,),
             label=label,
-            candidates=tuple(p.format(r.hypothesis) for p in VE_PROMPTS),
+            candidates=tuple(p.format(r.hypothesis) for p in self.ve_prompts),
             gold_candidate=label,
             group=r.gold_label,
             meta={"record": r.pair_id},
