@@ -315,3 +315,29 @@ def test_per_task_must_name_a_task_of_the_protocol():
 
     with pytest.raises(ValidationError, match="per_task names nlvr2, not in tasks"):
         ProtocolConfig.model_validate({"base": {}, "tasks": ["vqa"], "per_task": {"nlvr2": {}}, "methods": {}})
+
+
+def test_a_teacher_reference_can_name_the_cells_own_seed(tmp_path):
+    from vldistill.protocol import ProtocolConfig, experiment, run_reference
+
+    assert run_reference("run:full/none/seed{seed}", "vqa", 2) == ("vqa", "full", "none", 2)
+    spec = ProtocolConfig.model_validate(
+        {
+            "base": {"data": {"root": "world"}},
+            "tasks": ["vqa"],
+            "methods": {
+                "none": {},
+                "dide": {
+                    "method": {
+                        "name": "dide",
+                        "teachers": {"t": {"kind": "fusion", "pretrained": "run:full/none/seed{seed}"}},
+                    },
+                    "student": {"kind": "dual"},
+                },
+            },
+            "seeds": [0, 1],
+        }
+    )
+    (tmp_path / "runs" / "vqa" / "full" / "none" / "seed1" / "final").mkdir(parents=True)
+    cfg = experiment(spec, "vqa", spec.conditions[0], "dide", 1, tmp_path)
+    assert cfg.method.teachers["t"].pretrained == str(tmp_path / "runs" / "vqa" / "full" / "none" / "seed1" / "final")

@@ -65,7 +65,12 @@ def run_demo(
     torch.set_num_threads(1)
     spec_path = spec_path or PRESETS_DIR / ("demo-quick.yaml" if quick else "demo.yaml")
     raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-    clip_settings = raw.pop("demo_clip", {}) or {}
+    clip_settings = dict(raw.pop("demo_clip", {}) or {})
+    if clip_settings.pop("hard_negatives", False):
+        # Swapped-word hard negatives over the world's attribute words (demo_teachers.pretrain_clip).
+        from vldistill.data.world.scene import COLOURS, SHAPES
+
+        clip_settings["negative_words"] = [list(COLOURS), list(SHAPES)]
     scale = float(raw["base"]["data"].get("world_scale", 1.0))
     world = cache_dir() / "world" / f"scale-{scale:g}"
     console.print(f"[1/4] generated world (scale {scale:g}) at {world}")

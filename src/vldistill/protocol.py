@@ -118,12 +118,17 @@ RunKey = tuple[str, str, str, int]
 """A run of the matrix: (task, condition name, method label, seed)."""
 
 
-def run_reference(ref: str, task: str) -> RunKey:
+def run_reference(ref: str, task: str, seed: int | None = None) -> RunKey:
     """The run that ``"run:<condition>/<label>/seed<k>"`` names (a run of the same ``task``).
+
+    ``seed{seed}`` names the run of the cell's own ``seed`` (DiDE: each seed's dual encoder learns
+    from the fusion teacher of the same seed).
 
     Raises:
         ConfigError: not of that form.
     """
+    if seed is not None:
+        ref = ref.replace("{seed}", str(seed))
     try:
         condition, label, seed = ref[len(RUN_PREFIX) :].split("/")
         return task, condition, label, int(seed.removeprefix("seed"))
@@ -140,13 +145,13 @@ def run_references(tree: Any) -> list[str]:
     return [tree] if isinstance(tree, str) and tree.startswith(RUN_PREFIX) else []
 
 
-def _resolve_run_refs(tree: Any, out: Path, task: str) -> Any:
+def _resolve_run_refs(tree: Any, out: Path, task: str, seed: int) -> Any:
     if isinstance(tree, dict):
-        return {k: _resolve_run_refs(v, out, task) for k, v in tree.items()}
+        return {k: _resolve_run_refs(v, out, task, seed) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_resolve_run_refs(v, out, task) for v in tree]
+        return [_resolve_run_refs(v, out, task, seed) for v in tree]
     if isinstance(tree, str) and tree.startswith(RUN_PREFIX):
-        path = run_dir(out, *run_reference(tree, task)) / "final"
+        path = run_dir(out, *run_reference(tree, task, seed)) / "final"
         if not path.is_dir():
             raise ConfigError(
                 f"teacher reference '{tree}': {path} does not exist; fix: list the method it names in 'methods' "
@@ -183,8 +188,8 @@ def experiment(
     if condition.name != "full" or not spec.shift:
         data["shift_root"] = None
     for ref in run_references(entry.method):
-        run_reference(ref, task)
-    tree["method"] = _resolve_run_refs(entry.method, out, task) if resolve_refs else copy.deepcopy(entry.method)
+        run_reference(ref, task, seed)
+    tree["method"] = _resolve_run_refs(entry.method, out, task, seed) if resolve_refs else copy.deepcopy(entry.method)
     if entry.student:
         tree["student"] = _merge(tree.get("student", {}), entry.student)
     if entry.train:

@@ -85,7 +85,9 @@ class Matrix:
             ConfigError: a bad cell config, or a reference to a run that is neither.
         """
         cells = [
-            RunCell(task, condition, label, seed, frozenset(run_reference(r, task) for r in run_references(e.method)))
+            RunCell(
+                task, condition, label, seed, frozenset(run_reference(r, task, seed) for r in run_references(e.method))
+            )
             for task in spec.tasks
             for condition in spec.conditions
             for label, e in spec.methods.items()
