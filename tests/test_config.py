@@ -168,9 +168,7 @@ def test_zero_shot_prompts_are_checked_and_reach_the_candidates(tmp_path):
         parse_config({"data": {"task": "vqa", "vqa_prompt": "{q} {answer}"}}, "t")
     with pytest.raises(ConfigError, match="must contain"):
         parse_config({"data": {"task": "vqa", "vqa_prompt": "{question}"}}, "t")
-    cfg = parse_config(
-        {"data": {"task": "snli_ve", "ve_prompts": ["{}", "maybe {}", "it is not true that {}"]}}, "t"
-    )
+    cfg = parse_config({"data": {"task": "snli_ve", "ve_prompts": ["{}", "maybe {}", "it is not true that {}"]}}, "t")
     generate_world(tmp_path, style="base", scale=0.01)
     records = read_task("snli_ve", tmp_path / "base" / "snli_ve", "train")
     example = ExampleBuilder("snli_ve", records, ve_prompts=cfg.data.ve_prompts)(records[:1])[0]
@@ -178,4 +176,6 @@ def test_zero_shot_prompts_are_checked_and_reach_the_candidates(tmp_path):
     assert example.candidates == (hypothesis, f"maybe {hypothesis}", f"it is not true that {hypothesis}")
     vqa = read_task("vqa", tmp_path / "base" / "vqa", "train2014")
     question = ExampleBuilder("vqa", vqa, vqa_prompt="{answer}")(vqa[:1])[0]
-    assert all(" " not in c or c in ("top left", "top right", "bottom left", "bottom right") for c in question.candidates)
+    assert all(
+        " " not in c or c in ("top left", "top right", "bottom left", "bottom right") for c in question.candidates
+    )

@@ -175,6 +175,7 @@ def test_rows_of_a_summary_with_controls_dev_and_breakdowns():
         "seconds": 12.5,
         "fraction": 0.1,
         "eval_ms_per_example": 2.0,
+        "eval_deploy_ms_per_example": None,
         "dev": 47.5,
         "best_step": 30,
     }
@@ -245,7 +246,12 @@ def _small_spec(methods: dict, jobs: int = 1) -> ProtocolConfig:
 
 
 def _without_timings(rows: list[dict]) -> set[str]:
-    return {json.dumps({k: v for k, v in r.items() if k not in ("seconds", "eval_ms_per_example")}) for r in rows}
+    return {
+        json.dumps(
+            {k: v for k, v in r.items() if k not in ("seconds", "eval_ms_per_example", "eval_deploy_ms_per_example")}
+        )
+        for r in rows
+    }
 
 
 def test_two_jobs_give_the_rows_of_one_and_a_dependent_run_waits(tmp_path):

@@ -249,7 +249,7 @@ def rows_of(summary: dict[str, Any], task: str, condition: Condition, label: str
         evaluated, _, control = split.partition(":")
         cond = condition.name if evaluated == "eval" else "shift"
         for metric, value in metrics.items():
-            if metric == "ms_per_example":
+            if metric in ("ms_per_example", "deploy_ms_per_example"):
                 continue
             rows.append(
                 {
@@ -267,6 +267,7 @@ def rows_of(summary: dict[str, Any], task: str, condition: Condition, label: str
                     "seconds": summary["seconds"],
                     "fraction": condition.fraction,
                     "eval_ms_per_example": metrics.get("ms_per_example"),
+                    "eval_deploy_ms_per_example": metrics.get("deploy_ms_per_example"),
                     "dev": dev,
                     "best_step": summary.get("best_step"),
                 }

@@ -41,6 +41,7 @@ _OPTIONAL: dict[str, type | tuple[type, ...]] = {
     "train_examples": int,
     "seconds": _NUMBER,
     "eval_ms_per_example": _NUMBER,
+    "eval_deploy_ms_per_example": _NUMBER,
     "control": str,
     "dev": _NUMBER,
     "best_step": int,
@@ -69,6 +70,7 @@ class ResultRow:
     train_examples: int | None = None
     seconds: float | None = None
     eval_ms_per_example: float | None = None
+    eval_deploy_ms_per_example: float | None = None
     control: str | None = None
     dev: float | None = None
     best_step: int | None = None
@@ -96,6 +98,7 @@ class Cell:
     control: str | None = None
     dev: float | None = None
     best_step: float | None = None
+    eval_deploy_ms_per_example: float | None = None
 
     @property
     def n(self) -> int:
@@ -201,6 +204,7 @@ def aggregate(rows: Sequence[ResultRow]) -> list[Cell]:
             control=group[0].control,
             dev=_mean_of(r.dev for r in group),
             best_step=_mean_of(r.best_step for r in group),
+            eval_deploy_ms_per_example=_mean_of(r.eval_deploy_ms_per_example for r in group),
         )
         for key, group in groups.items()
     ]
