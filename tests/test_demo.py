@@ -16,10 +16,11 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
         assert heading in text
     rows = read_results(out / "results.jsonl")
     runs = {(r["task"], r["condition"], r["label"]) for r in rows if r["split"] == "eval"}
-    # 2 tasks x (2 conditions x 4 fusion methods + the plain and the DiDE dual encoder on full)
-    assert len(runs) == 2 * (2 * 4 + 2)
+    # 2 tasks x (2 conditions x (the text-only prior + 4 fusion methods) + the plain and the DiDE dual encoder)
+    assert len(runs) == 2 * (2 * 5 + 2)
     assert {r["condition"] for r in rows} == {"full", "lowshot-0.5", "shift"}
     assert {(r["student"], r["method"]) for r in rows} == {
+        ("prior", "prior"),
         ("fusion", "none"),
         ("fusion", "kd"),
         ("fusion", "clip_td"),
@@ -28,6 +29,11 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
         ("dual", "dide"),
     }
     assert all(0 <= r["value"] <= 100 for r in rows)
+    # every fusion and dual run was selected on dev and controlled with shuffled images
+    assert all(r["dev"] is not None for r in rows)
+    shuffled = {(r["task"], r["condition"], r["label"]) for r in rows if r["control"] == "shuffled"}
+    assert {(t, c, label) for t, c, label in runs if label != "prior"} <= shuffled
+    assert "uses the image" in text and "text-only prior" in text
     assert (out / "summary.csv").is_file() and list(out.glob("*.png"))
     demo = json.loads((out / "demo.json").read_text())
     assert demo["quick"] and demo["demo_clip"]["stats"]["pairs"] > 0

@@ -9,6 +9,7 @@ import typer
 
 from vldistill.cli.train import ConfigArg, PresetOpt, SetOpt, resolve_config
 from vldistill.console import make_console
+from vldistill.errors import ConfigError
 
 console = make_console()
 cache_app = typer.Typer(help="The teacher-output cache.", no_args_is_help=True)
@@ -38,11 +39,19 @@ def demo_command(
     quick: Annotated[bool, typer.Option(help="a small, one-seed version (CI, install check)")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars of each run (with --jobs 1)")] = False,
     jobs: Annotated[int, typer.Option(min=1, help="runs trained at once, each single-threaded")] = 2,
+    spec: Annotated[
+        Path | None,
+        typer.Option(help="another protocol in the demo's format (a demo_clip section), e.g. configs/demo-ablation.yaml"),
+    ] = None,
 ) -> None:
     """The embedded default: world, teachers, protocol, DiDE, report (offline, 2 CPU cores)."""
     from vldistill.demo import run_demo
 
-    run_demo(out, quick=quick, progress=progress, jobs=jobs)
+    if spec is not None and quick:
+        raise ConfigError("--quick and --spec name two protocols; fix: give one of them")
+    if spec is not None and not spec.is_file():
+        raise ConfigError(f"--spec {spec}: no such file; fix: check the path (e.g. configs/demo-ablation.yaml)")
+    run_demo(out, quick=quick, progress=progress, jobs=jobs, spec_path=spec)
 
 
 def report_command(run_dir: Annotated[Path, typer.Argument(help="a protocol folder with results.jsonl")]) -> None:
