@@ -41,7 +41,7 @@ def demo_command(
     jobs: Annotated[int, typer.Option(min=1, help="runs trained at once, each single-threaded")] = 2,
     spec: Annotated[
         Path | None,
-        typer.Option(help="another protocol in the demo's format (a demo_clip section), e.g. configs/demo-ablation.yaml"),
+        typer.Option(help="another protocol in the demo's format (with demo_clip), e.g. configs/demo-ablation.yaml"),
     ] = None,
 ) -> None:
     """The embedded default: world, teachers, protocol, DiDE, report (offline, 2 CPU cores)."""
