@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from cli.test_main import in_process
+
 from vldistill.demo import run_demo
 from vldistill.protocol import read_results
 
@@ -36,10 +39,24 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     assert "uses the image" in text and "text-only prior" in text
     assert (out / "summary.csv").is_file() and list(out.glob("*.png"))
     demo = json.loads((out / "demo.json").read_text())
-    assert demo["quick"] and demo["demo_clip"]["stats"]["pairs"] > 0
+    assert demo["quick"] and demo["demo_clip"]["stats"]["pairs"] > 0 and demo["seeds"] == [0]
+    grounding = demo["demo_clip"]["stats"]["grounding"]
+    assert set(grounding) == {"base", "shifted"} and grounding["base"]["chance"] == 0.25
+    assert "## The demo's CLIP teacher" in text and "shape word grounded" in text
     printed = capsys.readouterr().out
     assert "vqa (vqa_accuracy)" in printed and "snli_ve (accuracy)" in printed
     # a second invocation finds every run done: nothing is trained again
     before = (out / "results.jsonl").read_text()
     run_demo(out, quick=True)
     assert (out / "results.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("bad", ["x", ","])
+def test_demo_seeds_are_checked_and_another_world_gets_its_own_folder(bad, tmp_path, monkeypatch, capsys):
+    from vldistill.experiment import world_dir
+
+    monkeypatch.setenv("VLDISTILL_CACHE", str(tmp_path))
+    assert (world_dir(1.0).name, world_dir(0.05, 3).name) == ("scale-1", "scale-0.05-seed3")
+    code, out, err = in_process(["demo", "--seeds", bad, "--out", str(tmp_path / "d")], monkeypatch, capsys)
+    assert code == 2 and err.startswith(f"error: --seeds {bad!r}") and "fix: e.g. --seeds 3,4,5" in err
+    assert not (tmp_path / "d").exists()

@@ -20,6 +20,6 @@ def test_errors_keep_class_message_and_fields_through_pickle() -> None:
     )
     config = pickle.loads(pickle.dumps(ConfigError("student.kind: no; fix: yes")))
     assert type(config) is ConfigError and config.lines() == ["student.kind: no; fix: yes"]
-    stopped = pickle.loads(pickle.dumps(Interrupted(7, 15)))
+    stopped = pickle.loads(pickle.dumps(Interrupted(15, step=7, hint="continue with --resume")))
     assert type(stopped) is Interrupted and (stopped.step, stopped.exit_code) == (7, 143)
     assert str(stopped) == "interrupted at step 7 (SIGTERM); continue with --resume"

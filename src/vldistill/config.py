@@ -47,6 +47,7 @@ class DataConfig(_Strict):
     ``root: world`` uses the generated world (rendered in ``style``), created on first use under the
     cache folder; any other value is a dataset root laid out as its publisher distributes it.
     ``shift_root`` adds a domain-shifted evaluation (``world:shifted`` for the world's other style).
+    ``world_scale`` multiplies the world's sizes and ``world_seed`` draws another world (0: the default).
 
     **Dev set (model selection only).** ``dev_split`` names a split of the dataset, ``dev_holdout``
     holds out this many training *records* (an int) or this fraction of them (a float in (0, 1)),
@@ -67,6 +68,7 @@ class DataConfig(_Strict):
     root: str = "world"
     style: Literal["base", "shifted"] = "base"
     world_scale: float = Field(1.0, gt=0)
+    world_seed: int = Field(0, ge=0)
     train_split: str | None = None
     eval_split: str | None = None
     shift_root: str | None = None

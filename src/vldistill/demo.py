@@ -47,15 +47,20 @@ def run_demo(
     spec_path: Path | None = None,
     progress: bool = False,
     jobs: int = DEMO_JOBS,
+    seeds: list[int] | None = None,
+    world_seed: int | None = None,
 ) -> Path:
     """Run the demo into ``out`` (rerun to continue an interrupted one); returns the report path.
 
     ``jobs``: protocol runs trained at once, each in its own process (1: one after another, here).
+    ``seeds`` replaces the protocol's training seeds; ``world_seed`` draws another world (and trains
+    the demo CLIP on it): checks of the demo's effects on draws its defaults did not use.
     """
     import torch
 
     from vldistill.data.world import generate_world
     from vldistill.demo_teachers import ensure_demo_clip
+    from vldistill.experiment import world_dir
     from vldistill.protocol import ProtocolConfig, run_protocol
     from vldistill.report import summary_table, write_report
 
@@ -71,10 +76,15 @@ def run_demo(
         from vldistill.data.world.scene import COLOURS, SHAPES
 
         clip_settings["negative_words"] = [list(COLOURS), list(SHAPES)]
+    if seeds:
+        raw["seeds"] = list(seeds)
+    if world_seed is not None:
+        raw["base"]["data"]["world_seed"] = int(world_seed)
     scale = float(raw["base"]["data"].get("world_scale", 1.0))
-    world = cache_dir() / "world" / f"scale-{scale:g}"
-    console.print(f"[1/4] generated world (scale {scale:g}) at {world}")
-    generate_world(world, style="both", seed=0, scale=scale)
+    wseed = int(raw["base"]["data"].get("world_seed", 0))
+    world = world_dir(scale, wseed)
+    console.print(f"[1/4] generated world (scale {scale:g}, seed {wseed}) at {world}")
+    generate_world(world, style="both", seed=wseed, scale=scale)
     console.print("[2/4] teachers: small CLIP pre-trained on the world's captions; EfficientNet-Lite0; MiniLM")
     clip_dir = ensure_demo_clip(world, cache_dir() / "demo-teachers", progress=progress, **clip_settings)
     stats_file = clip_dir / "demo_clip.json"
@@ -88,12 +98,20 @@ def run_demo(
     )
     run_protocol(spec, out, show_progress=progress, jobs=jobs)
     console.print("[4/4] report")
+    teacher_stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    (out / "teachers.json").write_text(json.dumps({"demo_clip": teacher_stats}, indent=1))
     report = write_report(out)
     seconds = round(time.perf_counter() - t0, 1)
-    teacher_stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
     (out / "demo.json").write_text(
         json.dumps(
-            {"seconds_this_invocation": seconds, "quick": quick, "spec": str(spec_path), "demo_clip": teacher_stats},
+            {
+                "seconds_this_invocation": seconds,
+                "quick": quick,
+                "spec": str(spec_path),
+                "seeds": list(spec.seeds),
+                "world_seed": wseed,
+                "demo_clip": teacher_stats,
+            },
             indent=1,
         )
     )

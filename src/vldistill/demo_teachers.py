@@ -33,6 +33,7 @@ from transformers import CLIPModel
 
 from vldistill.data.readers.vqa import read_vqa
 from vldistill.data.tasks import ExampleBuilder
+from vldistill.demo_grounding import grounding_accuracy
 from vldistill.distill.contrastive import clip_loss, clip_loss_with_negatives, filip_loss, swap_word_negatives
 from vldistill.errors import ConfigError, DataError
 from vldistill.models.pooling import end_token_pool
@@ -363,6 +364,11 @@ def pretrain_clip(
         "logit_scale": teacher.logit_scale,
         "zero_shot_vqa": {
             style: zero_shot_vqa(teacher, Path(world_dir) / style / "vqa")
+            for style in CAPTION_STYLES
+            if (Path(world_dir) / style / "vqa").is_dir()
+        },
+        "grounding": {
+            style: grounding_accuracy(teacher, Path(world_dir) / style / "vqa", limit=200)
             for style in CAPTION_STYLES
             if (Path(world_dir) / style / "vqa").is_dir()
         },

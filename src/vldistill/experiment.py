@@ -34,16 +34,24 @@ DEV_HOLDOUT_SEED = "vldistill/dev-holdout"
 """The seed of ``data.dev_holdout``'s draw: fixed, so every method, seed and subset selects on one dev set."""
 
 
-def resolve_root(root: str, style: str, task: str, scale: float) -> Path:
-    """A dataset root; ``world`` / ``world:shifted`` generate the world (once) under the cache folder."""
+def world_dir(scale: float, seed: int = 0) -> Path:
+    """The cache folder of the generated world of ``scale`` drawn with ``seed`` (``data.world_seed``)."""
+    return cache_dir() / "world" / (f"scale-{scale:g}" + (f"-seed{seed}" if seed else ""))
+
+
+def resolve_root(root: str, style: str, task: str, scale: float, seed: int = 0) -> Path:
+    """A dataset root; ``world`` / ``world:shifted`` generate the world (once) under the cache folder.
+
+    ``scale`` and ``seed`` are ``data.world_scale`` and ``data.world_seed`` (another draw of the world).
+    """
     if root == WORLD_PREFIX or root.startswith(WORLD_PREFIX + ":"):
         from vldistill.data.world import generate_world
 
         style = root.split(":", 1)[1] if ":" in root else style
         if style not in ("base", "shifted"):
             raise ConfigError(f"data root '{root}': unknown world style; fix: use world:base or world:shifted")
-        world = cache_dir() / "world" / f"scale-{scale:g}"
-        generate_world(world, style=style, seed=0, scale=scale)
+        world = world_dir(scale, seed)
+        generate_world(world, style=style, seed=seed, scale=scale)
         return world / style / task
     path = Path(root).expanduser()
     if not path.is_dir():
@@ -194,7 +202,7 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
     on stderr (one process of several says it once).
     """
     train_split, eval_split = cfg.splits()
-    root = resolve_root(cfg.root, cfg.style, cfg.task, cfg.world_scale)
+    root = resolve_root(cfg.root, cfg.style, cfg.task, cfg.world_scale, cfg.world_seed)
     train_records = _read(cfg.task, root, train_split, cfg.skip_bad, verbose)
     builder = ExampleBuilder(
         cfg.task,
@@ -238,7 +246,7 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
         sources.append(source)
     roots = {"eval": root}
     if cfg.shift_root:
-        roots["shifted"] = resolve_root(cfg.shift_root, cfg.style, cfg.task, cfg.world_scale)
+        roots["shifted"] = resolve_root(cfg.shift_root, cfg.style, cfg.task, cfg.world_scale, cfg.world_seed)
     evals: dict[str, EvalSet] = {}
     for name, r in roots.items():
         evals[name], source = _read_eval_set(cfg, builder, r, eval_split, name, verbose)

@@ -48,9 +48,17 @@ class Interrupted(VldistillError):
         at = "" if step is None else f" at step {step}"
         super().__init__(f"interrupted{at} ({signal.Signals(signum).name})" + (f"; {hint}" if hint else ""))
 
+    def __reduce__(self):
+        """Pickles (across ``protocol --jobs`` worker processes) with its keyword arguments kept."""
+        return _rebuild_interrupted, (self.signum, self.step, self.hint)
+
     def with_hint(self, hint: str) -> Interrupted:
         """The same interruption, saying how to continue (``hint``; ``""``: nothing continues)."""
         return Interrupted(self.signum, step=self.step, hint=hint)
+
+
+def _rebuild_interrupted(signum: int, step: int | None, hint: str) -> Interrupted:
+    return Interrupted(signum, step=step, hint=hint)
 
 
 class StopSignal(KeyboardInterrupt):

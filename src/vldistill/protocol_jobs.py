@@ -203,7 +203,7 @@ def _generate_worlds(spec: ProtocolConfig, out: Path, cells: list[RunCell]) -> N
         data = experiment(spec, task, first.condition, first.label, first.seed, out, resolve_refs=False).data
         for root in (data.root, data.shift_root):
             if root is not None:
-                resolve_root(root, data.style, task, data.world_scale)
+                resolve_root(root, data.style, task, data.world_scale, data.world_seed)
 
 
 def _run_in_processes(matrix: Matrix, spec: ProtocolConfig, out: Path, jobs: int) -> None:

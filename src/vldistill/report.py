@@ -206,6 +206,58 @@ def _protocol_lines(run_dir: Path) -> list[str]:
     return ["Protocol settings (`protocol.json`):", "", markdown_table(["setting", "value"], body), ""]
 
 
+def _teacher_lines(run_dir: Path) -> list[str]:
+    """What the demo's CLIP teacher knows (``teachers.json``, written by ``vldistill demo``): caption
+    retrieval on held-out pairs, zero-shot VQA and word-to-region grounding (``vldistill.demo_grounding``)."""
+    path = run_dir / "teachers.json"
+    if not path.is_file():
+        return []
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8")).get("demo_clip") or {}
+        stats = stats.get("stats", stats)  # demo_clip.json: {"settings": ..., "stats": ...}
+    except (json.JSONDecodeError, AttributeError):
+        raise DataError(path, None, "malformed JSON", "delete it; `vldistill demo` writes it again") from None
+    if not stats:
+        return []
+
+    def pct(value: Any) -> str:
+        return "–" if value is None else f"{100 * float(value):.1f}"
+
+    lines = [
+        "## The demo's CLIP teacher",
+        "",
+        f"Pre-trained on {stats.get('train_pairs', '?')} caption pairs of both styles "
+        f"in {stats.get('seconds', '?')} s. "
+        f"Caption retrieval on {stats.get('held_out_pairs', '?')} held-out pairs: top-1 "
+        f"{pct(stats.get('retrieval_top1'))}% (chance {pct(stats.get('retrieval_chance'))}%).",
+        "",
+    ]
+    grounding = stats.get("grounding") or {}
+    zero_shot = stats.get("zero_shot_vqa") or {}
+    if grounding or zero_shot:
+        body = []
+        for style in dict.fromkeys([*zero_shot, *grounding]):
+            z, g = zero_shot.get(style) or {}, grounding.get(style) or {}
+            body.append(
+                [
+                    style,
+                    f"{pct(z.get('accuracy'))} (chance {pct(z.get('chance'))})",
+                    pct(g.get("shape_word")),
+                    pct(g.get("colour_word")),
+                    pct(g.get("chance")),
+                ]
+            )
+        lines += [
+            "Zero-shot accuracy (%) on the world's VQA (answers ranked by caption prompts) and word-to-region "
+            'grounding on "where is the <colour> <shape>?" questions: % whose word\'s patch relevance peaks in the '
+            "answer's quadrant.",
+            "",
+            markdown_table(["style", "zero-shot VQA", "shape word grounded", "colour word grounded", "chance"], body),
+            "",
+        ]
+    return lines
+
+
 def _overview(rows: Sequence[ResultRow], cells: Sequence[Cell], run_dir: Path) -> list[str]:
     def listed(values: Iterable[Any]) -> str:
         return ", ".join(str(v) for v in dict.fromkeys(values))
@@ -270,6 +322,7 @@ def write_report(run_dir: Path) -> Path:
     lines = _overview(rows, cells, run_dir) + _protocol_lines(run_dir)
     for task in dict.fromkeys(c.task for c in cells):
         lines += _task_section(task, cells, rows, run_dir)
+    lines += _teacher_lines(run_dir)
     primary = [c for task in dict.fromkeys(c.task for c in cells) for c in _primary_cells(task, cells)[1]]
     lines += verdict_sections(comparisons(primary))
     write_summary_csv(cells, run_dir / "summary.csv")

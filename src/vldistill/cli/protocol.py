@@ -43,6 +43,12 @@ def demo_command(
         Path | None,
         typer.Option(help="another protocol in the demo's format (with demo_clip), e.g. configs/demo-ablation.yaml"),
     ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="training seeds instead of the protocol's, comma-separated, e.g. 3,4,5")
+    ] = None,
+    world_seed: Annotated[
+        int | None, typer.Option(min=0, help="draw another world (and train the demo CLIP on it); default 0")
+    ] = None,
 ) -> None:
     """The embedded default: world, teachers, protocol, DiDE, report (offline, 2 CPU cores)."""
     from vldistill.demo import run_demo
@@ -51,7 +57,15 @@ def demo_command(
         raise ConfigError("--quick and --spec name two protocols; fix: give one of them")
     if spec is not None and not spec.is_file():
         raise ConfigError(f"--spec {spec}: no such file; fix: check the path (e.g. configs/demo-ablation.yaml)")
-    run_demo(out, quick=quick, progress=progress, jobs=jobs, spec_path=spec)
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {seeds!r}: not integers; fix: e.g. --seeds 3,4,5") from None
+        if not seed_list:
+            raise ConfigError(f"--seeds {seeds!r}: no seed; fix: e.g. --seeds 3,4,5")
+    run_demo(out, quick=quick, progress=progress, jobs=jobs, spec_path=spec, seeds=seed_list, world_seed=world_seed)
 
 
 def report_command(run_dir: Annotated[Path, typer.Argument(help="a protocol folder with results.jsonl")]) -> None:

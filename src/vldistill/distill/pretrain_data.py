@@ -37,6 +37,7 @@ class CaptionDataConfig(BaseModel):
     captions: str = "world"
     styles: list[Literal["base", "shifted"]] = Field(default_factory=lambda: ["base", "shifted"], min_length=1)
     world_scale: float = Field(1.0, gt=0)
+    world_seed: int = Field(0, ge=0)
     max_pairs: int | None = Field(None, ge=2)
 
 
@@ -81,7 +82,9 @@ def caption_pairs(cfg: CaptionDataConfig, seed: int) -> list[CaptionPair]:
     if cfg.captions == "world":
         from vldistill.experiment import resolve_root
 
-        files = [resolve_root("world", s, "captions", cfg.world_scale) / "captions.jsonl" for s in cfg.styles]
+        files = [
+            resolve_root("world", s, "captions", cfg.world_scale, cfg.world_seed) / "captions.jsonl" for s in cfg.styles
+        ]
     else:
         path = Path(cfg.captions).expanduser()
         files = [path / "captions.jsonl" if path.is_dir() else path]
