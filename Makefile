@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/vldistill demo --out runs/demo
+	$(BIN)/vldistill demo --out runs/demo --doc docs/demo-report.md
 
 demo-quick: setup
 	$(BIN)/vldistill demo --quick --out runs/demo-quick

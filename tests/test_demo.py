@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from cli.test_main import in_process
 
-from vldistill.demo import run_demo
+from vldistill.demo import publish_report, run_demo
 from vldistill.protocol import read_results
 
 
@@ -43,8 +44,16 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     grounding = demo["demo_clip"]["stats"]["grounding"]
     assert set(grounding) == {"base", "shifted"} and grounding["base"]["chance"] == 0.25
     assert "## The demo's CLIP teacher" in text and "shape word grounded" in text
+    assert "## The demo's pre-trained student" in text and demo["demo_student"]["stats"]["styles"] == ["base"]
     printed = capsys.readouterr().out
     assert "vqa (vqa_accuracy)" in printed and "snli_ve (accuracy)" in printed
+    # published beside the docs: the plots copied, every image link resolving from the document's folder
+    doc = publish_report(out, tmp_path / "docs" / "demo-report.md", seconds=61.0, command="vldistill demo --quick")
+    published = doc.read_text()
+    assert published.startswith("# The demo's report\n\nWritten by `vldistill demo --quick` on ")
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", published)
+    assert links and all(link.startswith("demo-report/") and (doc.parent / link).is_file() for link in links)
+    assert "61 s wall clock" in published and "## What did not appear" in published
     # a second invocation finds every run done: nothing is trained again
     before = (out / "results.jsonl").read_text()
     run_demo(out, quick=True)

@@ -51,9 +51,9 @@ TRAINING_VERSION = "2"
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its learned temperature at 100
 
 
-def caption_files(world_dir: Path) -> list[Path]:
-    """``<world>/<style>/captions/captions.jsonl`` of every style the world has, base first."""
-    files = [Path(world_dir) / s / "captions" / "captions.jsonl" for s in CAPTION_STYLES]
+def caption_files(world_dir: Path, styles: Sequence[str] = CAPTION_STYLES) -> list[Path]:
+    """``<world>/<style>/captions/captions.jsonl`` of each of ``styles`` the world has, in that order."""
+    files = [Path(world_dir) / s / "captions" / "captions.jsonl" for s in styles]
     files = [f for f in files if f.is_file()]
     if not files:
         raise ConfigError(
@@ -93,12 +93,17 @@ def _decode(path: Path, source: Path) -> Image.Image:
 
 
 def load_caption_pairs(
-    world_dir: Path, processor: Processor, *, max_pairs: int | None = None, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every style's caption pairs, decoded once: ``pixels`` ``(N, 3, H, W)``, ``input_ids`` and
+    world_dir: Path,
+    processor: Processor,
+    *,
+    max_pairs: int | None = None,
+    seed: int = 0,
+    styles: Sequence[str] = CAPTION_STYLES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """The caption pairs of ``styles``, decoded once: ``pixels`` ``(N, 3, H, W)``, ``input_ids`` and
     ``attention_mask`` ``(N, L)`` (L the longest caption), and the ``N`` captions. With ``max_pairs``, a
     seeded random subset."""
-    pairs = [(image, text, f) for f in caption_files(world_dir) for image, text in read_captions(f)]
+    pairs = [(image, text, f) for f in caption_files(world_dir, styles) for image, text in read_captions(f)]
     if max_pairs is not None and max_pairs < len(pairs):
         keep = np.sort(np.random.default_rng(seed).permutation(len(pairs))[:max_pairs])
         pairs = [pairs[int(i)] for i in keep]
@@ -396,17 +401,27 @@ def ensure_demo_clip(world_dir: Path, cache_root: Path, **kwargs: Any) -> Path:
     ``demo_clip.json``. Training writes to a private temporary folder renamed into place at the end,
     so an interrupted run never leaves a directory that looks complete.
     """
+    return ensure_trained("clip", pretrain_clip, TRAINING_VERSION, world_dir, cache_root, **kwargs)
+
+
+def ensure_trained(
+    prefix: str, train: Callable[..., dict[str, Any]], version: str, world_dir: Path, cache_root: Path, **kwargs: Any
+) -> Path:
+    """``cache_root/<prefix>-<key>``: what ``train(world_dir, out_dir, **kwargs)`` writes, trained only when
+    no cached folder has the same ``version``, settings and world (``key`` hashes them; the settings and
+    the returned stats go to ``demo_clip.json``). Training writes to a private temporary folder renamed
+    into place at the end, so an interrupted run never leaves a folder that looks complete."""
     progress = kwargs.pop("progress", True)
-    settings = {"training_version": TRAINING_VERSION, "world": world_digest(world_dir), **kwargs}
+    settings = {"training_version": version, "world": world_digest(world_dir), **kwargs}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    target = Path(cache_root) / f"clip-{key}"
+    target = Path(cache_root) / f"{prefix}-{key}"
     sidecar = target / SETTINGS_FILE
     if sidecar.is_file() and json.loads(sidecar.read_text(encoding="utf-8")).get("settings") == settings:
         return target
-    partial = Path(cache_root) / f".clip-{key}.partial-{os.getpid()}"
+    partial = Path(cache_root) / f".{prefix}-{key}.partial-{os.getpid()}"
     if partial.exists():
         shutil.rmtree(partial)
-    stats = pretrain_clip(world_dir, partial, progress=progress, **kwargs)
+    stats = train(world_dir, partial, progress=progress, **kwargs)
     (partial / SETTINGS_FILE).write_text(json.dumps({"settings": settings, "stats": stats}, indent=2) + "\n")
     if target.exists():
         shutil.rmtree(target)  # a stale or half-copied folder: its sidecar did not match above

@@ -213,8 +213,10 @@ def _teacher_lines(run_dir: Path) -> list[str]:
     if not path.is_file():
         return []
     try:
-        stats = json.loads(path.read_text(encoding="utf-8")).get("demo_clip") or {}
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        stats = saved.get("demo_clip") or {}
         stats = stats.get("stats", stats)  # demo_clip.json: {"settings": ..., "stats": ...}
+        student = (saved.get("demo_student") or {}).get("stats") or {}
     except (json.JSONDecodeError, AttributeError):
         raise DataError(path, None, "malformed JSON", "delete it; `vldistill demo` writes it again") from None
     if not stats:
@@ -253,6 +255,18 @@ def _teacher_lines(run_dir: Path) -> list[str]:
             "answer's quadrant.",
             "",
             markdown_table(["style", "zero-shot VQA", "shape word grounded", "colour word grounded", "chance"], body),
+            "",
+        ]
+    if student:
+        lines += [
+            "## The demo's pre-trained student",
+            "",
+            f"Every fusion run starts from the student pre-trained with image-text matching on "
+            f"{student.get('train_pairs', '?')} caption pairs of the {'/'.join(student.get('styles', []))} style "
+            f"in {student.get('seconds', '?')} s (`vldistill.demo_student`): held-out matching accuracy "
+            f"{pct(student.get('itm_accuracy_held_out'))}% (before pre-training "
+            f"{pct(student.get('itm_accuracy_before'))}%, chance 50%; half of the negatives swap a colour or "
+            "shape word). The dual encoders start from scratch.",
             "",
         ]
     return lines

@@ -49,6 +49,9 @@ def demo_command(
     world_seed: Annotated[
         int | None, typer.Option(min=0, help="draw another world (and train the demo CLIP on it); default 0")
     ] = None,
+    doc: Annotated[
+        Path | None, typer.Option(help="also publish the report there with its plots, e.g. docs/demo-report.md")
+    ] = None,
 ) -> None:
     """The embedded default: world, teachers, protocol, DiDE, report (offline, 2 CPU cores)."""
     from vldistill.demo import run_demo
@@ -65,7 +68,21 @@ def demo_command(
             raise ConfigError(f"--seeds {seeds!r}: not integers; fix: e.g. --seeds 3,4,5") from None
         if not seed_list:
             raise ConfigError(f"--seeds {seeds!r}: no seed; fix: e.g. --seeds 3,4,5")
-    run_demo(out, quick=quick, progress=progress, jobs=jobs, spec_path=spec, seeds=seed_list, world_seed=world_seed)
+    import shlex
+    import sys
+
+    command = "vldistill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_demo(
+        out,
+        quick=quick,
+        progress=progress,
+        jobs=jobs,
+        spec_path=spec,
+        seeds=seed_list,
+        world_seed=world_seed,
+        doc=doc,
+        command=command,
+    )
 
 
 def report_command(run_dir: Annotated[Path, typer.Argument(help="a protocol folder with results.jsonl")]) -> None:
