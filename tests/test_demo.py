@@ -69,3 +69,19 @@ def test_demo_seeds_are_checked_and_another_world_gets_its_own_folder(bad, tmp_p
     code, out, err = in_process(["demo", "--seeds", bad, "--out", str(tmp_path / "d")], monkeypatch, capsys)
     assert code == 2 and err.startswith(f"error: --seeds {bad!r}") and "fix: e.g. --seeds 3,4,5" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_demo_student_placeholder_without_its_section_is_refused_before_any_work(tmp_path, monkeypatch):
+    import yaml
+
+    from vldistill.config import PRESETS_DIR
+    from vldistill.errors import ConfigError
+
+    monkeypatch.setenv("VLDISTILL_CACHE", str(tmp_path / "cache"))
+    raw = yaml.safe_load((PRESETS_DIR / "demo-quick.yaml").read_text())
+    del raw["demo_student"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="'@demo-student' is used but there is no demo_student section"):
+        run_demo(tmp_path / "demo", spec_path=spec)
+    assert not (tmp_path / "cache").exists()  # refused before the world is generated

@@ -104,6 +104,11 @@ def run_demo(
     raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     clip_settings = dict(raw.pop("demo_clip", {}) or {})
     student_settings = raw.pop("demo_student", None)
+    if student_settings is None and STUDENT_PLACEHOLDER in json.dumps(raw):
+        raise ConfigError(
+            f"{spec_path}: '{STUDENT_PLACEHOLDER}' is used but there is no demo_student section; fix: add "
+            "demo_student: {epochs: 8} (its pre-training settings) or give student.pretrained a folder"
+        )
     from vldistill.data.world.scene import COLOURS, SHAPES
 
     for settings in (clip_settings, student_settings or {}):
@@ -135,11 +140,6 @@ def run_demo(
     raw = _substitute(raw, CLIP_PLACEHOLDER, str(clip_dir))
     if student_dir is not None:
         raw = _substitute(raw, STUDENT_PLACEHOLDER, str(student_dir))
-    elif STUDENT_PLACEHOLDER in json.dumps(raw):
-        raise ConfigError(
-            f"{spec_path}: '{STUDENT_PLACEHOLDER}' is used but there is no demo_student section; fix: add "
-            "demo_student: {epochs: 8} (its pre-training settings) or give student.pretrained a folder"
-        )
     try:
         spec = ProtocolConfig.model_validate(raw)
     except ValidationError as err:

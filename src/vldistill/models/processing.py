@@ -69,10 +69,12 @@ def _image_config(name_or_path: str | Path) -> dict:
 def _class_default(config: dict, name: str) -> object:
     """A setting the config leaves to its image-processor class (``image_processor_type``)'s default."""
     kind = config.get("image_processor_type") or ""
+    # The PIL class first (same defaults): touching the torchvision-backed class without torchvision
+    # makes transformers print a warning.
     for class_name in (kind + "Pil", kind):
         cls = getattr(transformers, class_name, None) if kind else None
-        if cls is not None and getattr(cls, name, None) is not None:
-            return getattr(cls, name)
+        if cls is not None:
+            return getattr(cls, name, None)
     return None
 
 
