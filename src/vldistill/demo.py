@@ -19,7 +19,7 @@ import contextlib
 import json
 import multiprocessing
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,12 @@ from vldistill.config import PRESETS_DIR, _format_validation, cache_dir
 from vldistill.console import make_console
 from vldistill.errors import ConfigError
 
+DEMO_NOTE = (
+    "How the settings were chosen is in the comments of `configs/demo.yaml`; what was tried before they were "
+    "frozen (the distillation switches one at a time, the student without its pre-training, other MAD teachers) "
+    "is rerun by `vldistill demo --spec configs/demo-ablation.yaml --out runs/demo-ablation --doc "
+    "docs/demo-ablation.md`, published in [demo-ablation.md](demo-ablation.md)."
+)
 CLIP_PLACEHOLDER = "@demo-clip"
 STUDENT_PLACEHOLDER = "@demo-student"
 DEMO_JOBS = 2
@@ -172,7 +178,8 @@ def run_demo(
         )
     )
     if doc is not None:
-        publish_report(out, Path(doc), seconds=seconds, command=command)
+        notes = [] if spec_path != PRESETS_DIR / "demo.yaml" else [DEMO_NOTE]
+        publish_report(out, Path(doc), seconds=seconds, command=command, notes=notes)
         console.print(f"published: {doc}")
     make_console().print(summary_table(out))
     console.print(f"report: {report} ({seconds} s)")
@@ -201,13 +208,14 @@ def _machine() -> str:
     return ", ".join(parts)
 
 
-def publish_report(out: Path, doc: Path, *, seconds: float, command: str) -> Path:
+def publish_report(out: Path, doc: Path, *, seconds: float, command: str, notes: Sequence[str] = ()) -> Path:
     """Copy ``out/report.md`` to ``doc`` (e.g. ``docs/demo-report.md``) under a header saying what made
     it, and its plots to ``doc``'s sibling folder ``<stem>/`` (links rewritten); returns ``doc``.
 
     The header records the command, the date (UTC), the machine, this invocation's wall-clock seconds
     and the largest process's peak resident memory (``getrusage``: this process or one run's worker,
     whichever is larger; the runs trained side by side add up to about ``jobs`` times a worker's).
+    ``notes``: paragraphs added under the header (e.g. where the settings' history is).
     """
     import datetime
     import resource
@@ -236,6 +244,8 @@ def publish_report(out: Path, doc: Path, *, seconds: float, command: str) -> Pat
         f"the plots and `summary.csv` are in [{figures.name}/]({figures.name}/). Rerun the command to regenerate it.",
         "",
     ]
+    for note in notes:
+        header += [note, ""]
     body = body.split("\n", 1)[1] if body.startswith("# ") else body  # the report's own title
     doc.write_text("\n".join(header) + body, encoding="utf-8")
     return doc
