@@ -179,3 +179,25 @@ def test_zero_shot_prompts_are_checked_and_reach_the_candidates(tmp_path):
     assert all(
         " " not in c or c in ("top left", "top right", "bottom left", "bottom right") for c in question.candidates
     )
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("train", "seed", -1),
+        ("train", "seed", 2**32),
+        ("student", "num_layers", 0),
+        ("student", "patch_size", 0),
+        ("student", "hidden_size", 0),
+    ],
+)
+def test_out_of_range_sizes_and_seeds_are_config_errors_naming_the_key(section, key, value) -> None:
+    from tiny_configs import tiny_tree
+
+    from vldistill.config import parse_config
+    from vldistill.errors import ConfigError
+
+    tree = tiny_tree("vqa")
+    tree.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        parse_config(tree, "test.yaml")

@@ -60,7 +60,7 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     assert (out / "results.jsonl").read_text() == before
 
 
-@pytest.mark.parametrize("bad", ["x", ","])
+@pytest.mark.parametrize("bad", ["x", ",", "1,1", "-1", "4294967296"])
 def test_demo_seeds_are_checked_and_another_world_gets_its_own_folder(bad, tmp_path, monkeypatch, capsys):
     from vldistill.experiment import world_dir
 

@@ -68,13 +68,13 @@ class DataConfig(_Strict):
     root: str = "world"
     style: Literal["base", "shifted"] = "base"
     world_scale: float = Field(1.0, gt=0)
-    world_seed: int = Field(0, ge=0)
+    world_seed: int = Field(0, ge=0, lt=2**32)
     train_split: str | None = None
     eval_split: str | None = None
     shift_root: str | None = None
     fraction: float | None = Field(None, gt=0, le=1)
     per_group: int | None = Field(None, ge=1)
-    subset_seed: int = 0
+    subset_seed: int = Field(0, ge=0, lt=2**32)
     manifest: str | None = None
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
@@ -179,7 +179,7 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # torch / numpy seeds are 0 .. 2**32 - 1
     checkpoint_every: int | None = Field(None, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)

@@ -1,13 +1,16 @@
 """``vldistill demo``: the embedded default, end to end, offline on 2 CPU cores.
 
 1. the generated world (both styles; cached under the cache folder);
-2. the teachers: the real pretrained unimodal ones that ship as packages (EfficientNet-Lite0 for
-   images, MiniLM for text) and a small CLIP-like model pre-trained contrastively on the world's
-   captions of both styles (no real CLIP weights are reachable offline); all cached;
-3. the protocol (``configs/demo.yaml``): VQA and SNLI-VE; none, kd, clip_td, mad under full
-   supervision, two low-shot fractions and the domain shift, 3 seeds;
+2. the teachers and the student's starting point, cached: a small CLIP-like model pre-trained
+   contrastively on the world's captions of both styles (no real CLIP weights are reachable offline),
+   and, beside it on the other core, the fusion student pre-trained with image-text matching on the
+   base style's captions (``vldistill.demo_student``); the packaged MiniLM (and EfficientNet-Lite0,
+   in the ablation) need no training;
+3. the protocol (``configs/demo.yaml``): VQA and SNLI-VE; a text-only prior, none, kd, clip_td, mad
+   under full supervision, 10% low-shot and the domain shift, 3 seeds, with dev selection and the
+   image-shuffle control;
 4. DiDE: the fusion model of the full condition as teacher, a plain and a distilled dual encoder;
-5. the report (``DIR/report.md``), whose main table is printed at the end.
+5. the report (``DIR/report.md``, published with ``--doc``), whose main table is printed at the end.
 
 The protocol trains two runs at once (``jobs``, ``DEMO_JOBS``), each in its own single-threaded process:
 the two cores of the machine it is sized for (``vldistill.protocol_jobs``).
@@ -135,7 +138,8 @@ def run_demo(
     console.print(f"[1/4] generated world (scale {scale:g}, seed {wseed}) at {world}")
     generate_world(world, style="both", seed=wseed, scale=scale)
     console.print(
-        "[2/4] teachers: small CLIP pre-trained on the world's captions; EfficientNet-Lite0; MiniLM"
+        "[2/4] teachers: a small CLIP pre-trained on the world's captions (the packaged MiniLM and "
+        "EfficientNet-Lite0 need no training)"
         + ("; the student pre-trained with image-text matching (beside the CLIP)" if student_settings else "")
     )
     student_dir = None
@@ -163,10 +167,14 @@ def run_demo(
     )
     report = write_report(out)
     seconds = round(time.perf_counter() - t0, 1)
+    # Wall clock over every invocation into this folder (a continued demo adds to the first's).
+    previous = json.loads((out / "demo.json").read_text()) if (out / "demo.json").is_file() else {}
+    total = round(float(previous.get("seconds_total", previous.get("seconds_this_invocation", 0.0))) + seconds, 1)
     (out / "demo.json").write_text(
         json.dumps(
             {
                 "seconds_this_invocation": seconds,
+                "seconds_total": total,
                 "quick": quick,
                 "spec": str(spec_path),
                 "seeds": list(spec.seeds),
@@ -179,7 +187,8 @@ def run_demo(
     )
     if doc is not None:
         notes = [] if spec_path != PRESETS_DIR / "demo.yaml" else [DEMO_NOTE]
-        publish_report(out, Path(doc), seconds=seconds, command=command, notes=notes)
+        title = "The demo's report" if spec.name == "demo" else f"The `{spec.name}` report"
+        publish_report(out, Path(doc), seconds=seconds, total_seconds=total, command=command, notes=notes, title=title)
         console.print(f"published: {doc}")
     make_console().print(summary_table(out))
     console.print(f"report: {report} ({seconds} s)")
@@ -208,14 +217,24 @@ def _machine() -> str:
     return ", ".join(parts)
 
 
-def publish_report(out: Path, doc: Path, *, seconds: float, command: str, notes: Sequence[str] = ()) -> Path:
+def publish_report(
+    out: Path,
+    doc: Path,
+    *,
+    seconds: float,
+    command: str,
+    total_seconds: float | None = None,
+    notes: Sequence[str] = (),
+    title: str = "The demo's report",
+) -> Path:
     """Copy ``out/report.md`` to ``doc`` (e.g. ``docs/demo-report.md``) under a header saying what made
     it, and its plots to ``doc``'s sibling folder ``<stem>/`` (links rewritten); returns ``doc``.
 
     The header records the command, the date (UTC), the machine, this invocation's wall-clock seconds
     and the largest process's peak resident memory (``getrusage``: this process or one run's worker,
     whichever is larger; the runs trained side by side add up to about ``jobs`` times a worker's).
-    ``notes``: paragraphs added under the header (e.g. where the settings' history is).
+    ``total_seconds``: the wall clock over every invocation into ``out`` (when it continued an earlier
+    one); ``notes``: paragraphs added under the header (e.g. where the settings' history is).
     """
     import datetime
     import resource
@@ -234,11 +253,14 @@ def publish_report(out: Path, doc: Path, *, seconds: float, command: str, notes:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     )
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    over_all = (
+        "" if total_seconds is None or total_seconds <= seconds else f" ({total_seconds:.0f} s over all invocations)"
+    )
     header = [
-        "# The demo's report",
+        f"# {title}",
         "",
-        f"Written by `{command}` on {when}, on {_machine()}: {seconds:.0f} s wall clock for this invocation "
-        "(the world, the teachers, every run not already done in the folder, the report; a fresh clone's "
+        f"Written by `{command}` on {when}, on {_machine()}: {seconds:.0f} s wall clock for this invocation"
+        f"{over_all} (the world, the teachers, every run not already done in the folder, the report; a fresh clone's "
         "`make demo` adds the install), largest process peak resident memory "
         f"{peak_kib / 2**20:.2f} GiB. Everything below is `{out / 'report.md'}` as the run wrote it; "
         f"the plots and `summary.csv` are in [{figures.name}/]({figures.name}/). Rerun the command to regenerate it.",

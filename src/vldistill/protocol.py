@@ -28,12 +28,12 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from rich.console import Console
 
 from vldistill.config import ExperimentConfig, _format_validation, parse_config
+from vldistill.console import make_console
 from vldistill.errors import ConfigError, DataError
 
-console = Console(stderr=True)
+console = make_console(stderr=True)
 RUN_PREFIX = "run:"
 
 
@@ -74,12 +74,14 @@ class ProtocolConfig(_Strict):
     per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
     shift_roots: dict[str, str] = Field(default_factory=dict)  # task -> domain-shifted root
     methods: dict[str, MethodEntry]
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     jobs: int = Field(1, ge=1)  # runs trained at once, each in its own process (vldistill protocol --jobs)
 
     @model_validator(mode="after")
     def _check(self) -> ProtocolConfig:
         names = [c.name for c in self.conditions]
+        if len(set(self.seeds)) != len(self.seeds) or any(not 0 <= s < 2**32 for s in self.seeds):
+            raise ValueError(f"seeds {self.seeds}: each once, each in 0 .. 2**32 - 1 (torch's seed range)")
         if "full" not in names:
             raise ValueError("conditions must include 'full' (the domain shift is evaluated on its runs)")
         if len(set(names)) != len(names):

@@ -47,7 +47,8 @@ def demo_command(
         str | None, typer.Option(help="training seeds instead of the protocol's, comma-separated, e.g. 3,4,5")
     ] = None,
     world_seed: Annotated[
-        int | None, typer.Option(min=0, help="draw another world (and train the demo CLIP on it); default 0")
+        int | None,
+        typer.Option(min=0, max=2**32 - 1, help="draw another world (and train the demo CLIP on it); default 0"),
     ] = None,
     doc: Annotated[
         Path | None, typer.Option(help="also publish the report there with its plots, e.g. docs/demo-report.md")
@@ -68,6 +69,8 @@ def demo_command(
             raise ConfigError(f"--seeds {seeds!r}: not integers; fix: e.g. --seeds 3,4,5") from None
         if not seed_list:
             raise ConfigError(f"--seeds {seeds!r}: no seed; fix: e.g. --seeds 3,4,5")
+        if len(set(seed_list)) != len(seed_list) or any(not 0 <= s < 2**32 for s in seed_list):
+            raise ConfigError(f"--seeds {seeds!r}: each seed once, each in 0 .. 4294967295; fix: e.g. --seeds 3,4,5")
     import shlex
     import sys
 

@@ -54,13 +54,13 @@ class StudentConfig(BaseModel):
     pretrained: str | None = None
     image_pretrained: str | None = None
     text_pretrained: str | None = None
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 128
-    image_size: int = 64
-    patch_size: int = 8
-    max_text_len: int = 40
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(128, ge=1)
+    image_size: int = Field(64, ge=1)
+    patch_size: int = Field(8, ge=1)
+    max_text_len: int = Field(40, ge=1)
     vocab_size: int = 30522  # the MiniLM / BERT-uncased WordPiece vocabulary
     buckets: int = Field(65536, ge=2)  # kind prior: hashed unigram + bigram embeddings (fastText's "buckets")
     # Std of the normal initialisation of a tiny student (transformers' initializer_range; BERT and ViLT
