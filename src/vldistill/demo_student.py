@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vldistill.demo_teachers import _schedule, ensure_trained, load_caption_pairs
+from vldistill.demo_teachers import adamw_schedule, ensure_trained, load_caption_pairs
 from vldistill.distill.contrastive import swap_word_negatives
 from vldistill.models.fusion import FusionStudent
 from vldistill.models.outputs import ModelInputs
@@ -162,12 +162,7 @@ def pretrain_fusion_itm(
             for i in range(0, len(held), 256)
         ]
         before = _itm_accuracy(model, held_batches)
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(epochs * steps_per_epoch))
+        optimizer, scheduler = adamw_schedule(model, lr, weight_decay, epochs * steps_per_epoch)
         epoch_losses: list[float] = []
         start = time.perf_counter()
         with TrainProgress(enabled=progress, total=epochs * steps_per_epoch) as bar:

@@ -205,6 +205,19 @@ def zero_shot_vqa(teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", 
     return summary(rows) | {"by_type": {t: summary([r for r in rows if r[0] == t]) for t in types}}
 
 
+def adamw_schedule(
+    model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with weight decay on matrices only (not biases and norms) and :func:`_schedule`'s warm-up and
+    cosine decay over ``total_steps``: the pre-training recipe of the demo's CLIP and student."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total_steps))
+
+
 def _schedule(total_steps: int) -> Callable[[int], float]:
     """Linear warm-up over the first 10% of steps, then cosine decay to zero (a multiplier of lr)."""
     warmup = max(1, total_steps // 10)
@@ -319,13 +332,7 @@ def pretrain_clip(
         torch.manual_seed(seed)
         teacher = CLIPTeacher.from_config(config, processor)
         model = teacher.model.requires_grad_(True).train()
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(epochs * steps_per_epoch))
+        optimizer, scheduler = adamw_schedule(model, lr, weight_decay, epochs * steps_per_epoch)
         shuffle = torch.Generator().manual_seed(seed)
         epoch_losses: list[float] = []
         start = time.perf_counter()
