@@ -44,6 +44,7 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
     grounding = demo["demo_clip"]["stats"]["grounding"]
     assert set(grounding) == {"base", "shifted"} and grounding["base"]["chance"] == 0.25
     assert "## The demo's CLIP teacher" in text and "shape word grounded" in text
+    assert json.loads((out / "protocol.json").read_text())["jobs"] == 2  # as run, not the file's default
     assert "## The demo's pre-trained student" in text and demo["demo_student"]["stats"]["styles"] == ["base"]
     printed = capsys.readouterr().out
     assert "vqa (vqa_accuracy)" in printed and "snli_ve (accuracy)" in printed

@@ -374,7 +374,7 @@ def test_lowshot_error_bars_stay_in_range_and_columns_are_dodged() -> None:
         assert x_none < fraction < x_clip
         assert math.log10(fraction / x_none) == pytest.approx(math.log10(x_clip / fraction))
         assert math.log10(x_clip / x_none) == pytest.approx(0.5 * 1.0 / 2)  # half the gap, over 2 columns
-    assert fig.texts[-1].get_text() == "Points: mean ± std over 3 seeds; error bars clipped to 0–100."
+    assert fig.texts[-1].get_text() == "Values: mean ± std over 3 seeds; error bars clipped to 0–100."
 
 
 def test_shift_bars_are_clipped_and_the_caption_gives_the_seed_range() -> None:
@@ -390,7 +390,7 @@ def test_shift_bars_are_clipped_and_the_caption_gives_the_seed_range() -> None:
     assert [(low, high) for _, low, high in in_domain] == [pytest.approx((99.0 - std, 100.0))]
     assert [(low, high) for _, low, high in shifted] == [(0.0, 0.5 + statistics.stdev([1.0, 0.0]))]
     assert fig.texts[-1].get_text() == (
-        "Points: mean ± std over 2–4 seeds (n per point: see the table); error bars clipped to 0–100."
+        "Values: mean ± std over 2–4 seeds (n per point: see the table); error bars clipped to 0–100."
     )
 
 
@@ -413,11 +413,11 @@ def test_error_bars_and_report_caption(report_dir: Path) -> None:
     single = _cells({("full", "eval", None, "fusion/none"): [101.0]})  # out of range: no negative bar
     assert error_bars(single) == [[0.0], [0.0]]
     assert (
-        seeds_caption(single) == "Points: mean ± std over 1 seed (one seed: no error bar); error bars clipped to 0–100."
+        seeds_caption(single) == "Values: mean ± std over 1 seed (one seed: no error bar); error bars clipped to 0–100."
     )
     text = (report_dir / "report.md").read_text()
     assert (
-        "![vqa: lowshot](vqa_lowshot.png)\n\n*Points: mean ± std over 1–3 seeds (n per point: see the table);" in text
+        "![vqa: lowshot](vqa_lowshot.png)\n\n*Values: mean ± std over 1–3 seeds (n per point: see the table);" in text
     )
 
 

@@ -292,7 +292,8 @@ def run_protocol(spec: ProtocolConfig, out: Path, *, show_progress: bool = False
     from vldistill.protocol_jobs import Matrix, run_cells
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "protocol.json").write_text(spec.model_dump_json(indent=1))
+    # the settings as run: the jobs actually used, not the file's default
+    (out / "protocol.json").write_text(spec.model_copy(update={"jobs": jobs or spec.jobs}).model_dump_json(indent=1))
     results = out / "results.jsonl"
     done = {(r["task"], r["condition"], r.get("label", r["method"]), r["seed"]) for r in read_results(results)}
     matrix = Matrix.of(spec, out, done)

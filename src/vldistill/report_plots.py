@@ -91,13 +91,13 @@ def dodge(xs: Sequence[float], width: float, *, log: bool = False) -> list[float
 
 
 def seeds_caption(cells: Sequence[Cell], bounds: tuple[float, float] = METRIC_RANGE) -> str:
-    """``"Points: mean ± std over 3 seeds; error bars clipped to 0–100."`` (a range when n differs)."""
+    """``"Values: mean ± std over 3 seeds; error bars clipped to 0–100."`` (points or bars) (a range when n differs)."""
     ns = sorted({c.n for c in cells})
     seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
     plural = "" if ns == [1] else "s"
     note = " (one seed: no error bar)" if ns == [1] else (" (n per point: see the table)" if len(ns) > 1 else "")
     clipped = f"error bars clipped to {bounds[0]:g}–{bounds[1]:g}"
-    return f"Points: mean ± std over {seeds} seed{plural}{note}; {clipped}."
+    return f"Values: mean ± std over {seeds} seed{plural}{note}; {clipped}."
 
 
 def _fraction(cell: Cell) -> float:

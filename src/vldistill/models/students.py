@@ -256,7 +256,11 @@ model = DualEncoderStudent.from_pretrained(folder).eval()
 processor = Processor.from_pretrained(folder)
 logits = model(processor(examples, images)).logits  # vldistill TaskExample records and PIL images
 ```"""
-    return f"# vldistill {kind} student ({task})\n\n{usage}\n\n`vldistill eval {{folder}} CONFIG` scores it.\n"
+    scoring = (
+        "`vldistill eval THIS_FOLDER CONFIG` scores it on a config's evaluation splits (`vldistill eval RUN` "
+        "when it is the `final/` of a training run, whose `config.yaml` is used)."
+    )
+    return f"# vldistill {kind} student ({task})\n\n{usage}\n\n{scoring}\n"
 
 
 def save_student(model: nn.Module, directory: str | Path, processor: Processor | None = None) -> Path:
