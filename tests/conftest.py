@@ -21,3 +21,16 @@ def vldistill_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("VLDISTILL_CACHE", None)
     else:
         os.environ["VLDISTILL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def caption_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated world of both styles (150 captions per style), shared by the demo pre-training tests.
+
+    Read-only for its users: a test that writes into a world makes its own.
+    """
+    from vldistill.data.world import generate_world
+
+    out = tmp_path_factory.mktemp("caption-world")
+    generate_world(out, scale=0.01875)
+    return out

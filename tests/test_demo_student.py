@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vldistill.data.world import generate_world
 from vldistill.data.world.scene import COLOURS, SHAPES
 from vldistill.demo_student import _views, ensure_demo_student, pretrain_fusion_itm
 from vldistill.models.students import StudentConfig, build_student
@@ -23,10 +22,8 @@ SETTINGS: dict[str, Any] = dict(
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, scale=0.01875)  # 150 captions per style
-    return out
+def world(caption_world: Path) -> Path:
+    return caption_world  # 150 captions per style (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import torch
 
 from vldistill import demo_teachers
 from vldistill.data.readers.vqa import read_vqa
-from vldistill.data.world import generate_world
 from vldistill.demo_teachers import (
     ensure_demo_clip,
     load_caption_pairs,
@@ -40,10 +39,8 @@ TINY: dict[str, Any] = dict(
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    generate_world(out, scale=0.01875)  # 150 captions per style
-    return out
+def world(caption_world: Path) -> Path:
+    return caption_world  # 150 captions per style (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from transformers import CLIPModel
 
-from vldistill.data.readers.vqa import read_vqa
-from vldistill.data.tasks import ExampleBuilder
-from vldistill.demo_grounding import grounding_accuracy
+from vldistill.demo_grounding import grounding_accuracy, zero_shot_vqa
 from vldistill.distill.contrastive import clip_loss, clip_loss_with_negatives, filip_loss, swap_word_negatives
 from vldistill.errors import ConfigError, DataError
 from vldistill.models.pooling import end_token_pool
@@ -171,40 +169,6 @@ def retrieval_accuracy(
 
 
 @torch.no_grad()
-def zero_shot_vqa(teacher: CLIPTeacher, vqa_root: Path, split: str = "val2014", batch_size: int = 64) -> dict[str, Any]:
-    """CLIP-TD's zero-shot view of VQA: how often the gold ``"<question> <answer>"`` candidate scores highest.
-
-    Candidates are built by :class:`ExampleBuilder` on the training split (gold + the most frequent
-    answers of the question's type). Returns ``{"questions", "accuracy", "chance", "gold_probability",
-    "by_type": {answer_type: {"questions", "accuracy", "chance"}}}``, chance being the mean of
-    1 / candidates and ``gold_probability`` the mean softmax probability of the gold candidate.
-    """
-    builder = ExampleBuilder("vqa", read_vqa(vqa_root, "train2014"))
-    examples = [ex for ex in builder(read_vqa(vqa_root, split)) if ex.gold_candidate >= 0]
-    decoded = {path: _decode(path, vqa_root) for path in sorted({ex.images[0] for ex in examples})}
-    rows: list[tuple[str, bool, float, float]] = []  # answer type, hit, chance, gold probability
-    for i in range(0, len(examples), batch_size):
-        batch = examples[i : i + batch_size]
-        images = [[decoded[ex.images[0]]] for ex in batch]
-        logits, cand_mask = teacher.score_candidates(batch, images)
-        probs = logits.masked_fill(~cand_mask, float("-inf")).softmax(dim=1)
-        for ex, p, m in zip(batch, probs, cand_mask, strict=True):
-            gold = ex.gold_candidate
-            rows.append((ex.meta["answer_type"], int(p.argmax()) == gold, 1 / int(m.sum()), float(p[gold])))
-
-    def summary(selected: Sequence[tuple[str, bool, float, float]]) -> dict[str, Any]:
-        n = max(len(selected), 1)
-        return {
-            "questions": len(selected),
-            "accuracy": sum(r[1] for r in selected) / n,
-            "chance": sum(r[2] for r in selected) / n,
-            "gold_probability": sum(r[3] for r in selected) / n,
-        }
-
-    types = sorted({r[0] for r in rows})
-    return summary(rows) | {"by_type": {t: summary([r for r in rows if r[0] == t]) for t in types}}
-
-
 def adamw_schedule(
     model: torch.nn.Module, lr: float, weight_decay: float, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
