@@ -46,6 +46,14 @@ def _signal(proc: subprocess.Popen[str], signum: int) -> None:
         proc.send_signal(signum)
 
 
+def _wait_blocked(proc: subprocess.Popen[str], seconds: float = 10.0) -> None:
+    """Wait until ``proc`` sleeps in a pipe read (Linux ``/proc/PID/wchan``), at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    while time.monotonic() < deadline and wchan.is_file() and "pipe" not in wchan.read_text():
+        time.sleep(0.01)
+
+
 def _open_writer(fifo: Path, proc: subprocess.Popen[str]) -> int:
     """Our end of ``fifo``, opened once ``proc`` has opened it for reading; held open, ``proc`` stays in its read."""
     deadline = time.monotonic() + 120
@@ -73,6 +81,9 @@ def test_a_signal_before_any_step_ends_the_command_with_one_line(command, name, 
     proc = _start(verb, str(fifo), *(o.format(tmp=tmp_path) for o in options))
     writer = _open_writer(fifo, proc)
     try:
+        # Once blocked in its read (wchan), not in the instant its open() of the FIFO returns: a SIGTERM to
+        # `train` in that instant was seen lost once in ~5 suite runs (not yet understood; see the closing note).
+        _wait_blocked(proc)
         _signal(proc, signal.Signals[name])
         out, err = proc.communicate(timeout=60)
     finally:
