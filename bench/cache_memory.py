@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vldistill.cache import TeacherCache
 from vldistill.data.examples import TaskExample
+from vldistill.training.cache import TeacherCache
 
 # teacher -> field -> shape of one example's row (what ``unimodal_targets`` stores for a VQA example).
 FIELDS: dict[str, dict[str, tuple[int, ...]]] = {

@@ -40,15 +40,21 @@ from accelerate.utils import DistributedDataParallelKwargs
 from transformers import get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
-from vldistill.cache import open_teacher_cache
 from vldistill.config import ExperimentConfig, parse_config
 from vldistill.data.loader import Batch, ExampleDataset, ImageStore, collate_fn
-from vldistill.engine import optimizer_step
-from vldistill.experiment import Built, DataBundle, build_models, load_data, student_processor
 from vldistill.models.dual import TowerEncoding
 from vldistill.models.heads import task_loss
 from vldistill.models.students import StudentConfig, build_student
-from vldistill.train import DistillModel, batch_to_device, build_optimizer, micro_step, teacher_targets_for_batch
+from vldistill.training.cache import open_teacher_cache
+from vldistill.training.engine import optimizer_step
+from vldistill.training.experiment import Built, DataBundle, build_models, load_data, student_processor
+from vldistill.training.train import (
+    DistillModel,
+    batch_to_device,
+    build_optimizer,
+    micro_step,
+    teacher_targets_for_batch,
+)
 
 STUDENT = {
     "hidden_size": 128,
@@ -156,7 +162,7 @@ def _train_batches(data: DataBundle, built: Built, setting: Setting, device: tor
 def vldistill_step(
     cfg: ExperimentConfig, data: DataBundle, batches: list[Batch], accelerator: Accelerator, *, use_cache: bool
 ) -> Callable[[], None]:
-    """One optimizer step per call on the very path of ``vldistill.train`` (batches cycled)."""
+    """One optimizer step per call on the very path of ``vldistill.training.train`` (batches cycled)."""
     device, tc = accelerator.device, cfg.train
     built = build_models(cfg, data)
     built.student.to(device)

@@ -2,7 +2,7 @@
 
 The demo trains about a hundred short runs on 2 cores, so what a step costs beside forward and
 backward matters. For each mode (``uncached``: the plain ``Processor`` on every batch, as before the
-cache; ``cached``: :class:`vldistill.data.loader.CachingProcessor`) this runs ``vldistill.train.train``
+cache; ``cached``: :class:`vldistill.data.loader.CachingProcessor`) this runs ``vldistill.training.train.train``
 on the generated world (method ``none``, the demo's fusion student, one thread):
 
 - ``ms_per_step``: the marginal time of a step, ``(T(long) - T(short)) / (steps(long) - steps(short))``
@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-import vldistill.train as engine
+import vldistill.training.train as engine
 from vldistill.config import parse_config
 from vldistill.data.loader import CachingProcessor
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from vldistill.cache import ensure_cache
 from vldistill.data.examples import TaskExample
+from vldistill.training.cache import ensure_cache
 
 
 class CountingTeacher:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vldistill.cache import TeacherCache
+from vldistill.training.cache import TeacherCache
 
 MIB = 2**20
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from vldistill.console import PIPE_WIDTH, make_console
-from vldistill.plan import Plan, render_plan
+from vldistill.training.plan import Plan, render_plan
 
 
 def test_render_plan_keeps_long_lines_whole_off_a_terminal(

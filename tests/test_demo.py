@@ -8,8 +8,8 @@ import re
 import pytest
 from cli.test_main import in_process
 
-from vldistill.demo import publish_report, run_demo
-from vldistill.protocol import read_results
+from vldistill.demo.run import publish_report, run_demo
+from vldistill.protocol.runner import read_results
 
 
 def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
@@ -63,7 +63,7 @@ def test_quick_demo_runs_end_to_end_and_continues(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad", ["x", ",", "1,1", "-1", "4294967296"])
 def test_demo_seeds_are_checked_and_another_world_gets_its_own_folder(bad, tmp_path, monkeypatch, capsys):
-    from vldistill.experiment import world_dir
+    from vldistill.training.experiment import world_dir
 
     monkeypatch.setenv("VLDISTILL_CACHE", str(tmp_path))
     assert (world_dir(1.0).name, world_dir(0.05, 3).name) == ("scale-1", "scale-0.05-seed3")

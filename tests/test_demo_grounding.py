@@ -1,4 +1,4 @@
-"""Word-to-region grounding of the demo's CLIP (``vldistill.demo_grounding``) with teachers whose answer is known."""
+"""Word-to-region grounding of the demo's CLIP (``vldistill.demo.grounding``) with teachers whose answer is known."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from vldistill.data.readers.vqa import read_vqa
 from vldistill.data.world import generate_world
 from vldistill.data.world.scene import SLOT_CENTRES
-from vldistill.demo_grounding import QUESTION_TYPE, _quadrant_of_cells, grounding_accuracy
+from vldistill.demo.grounding import QUESTION_TYPE, _quadrant_of_cells, grounding_accuracy
 
 GRID = 4  # 4 x 4 patches: each quadrant holds 2 x 2 of them
 NAMES = list(SLOT_CENTRES)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from vldistill.data.world.scene import COLOURS, SHAPES
-from vldistill.demo_student import _views, ensure_demo_student, pretrain_fusion_itm
+from vldistill.demo.student import _views, ensure_demo_student, pretrain_fusion_itm
 from vldistill.models.students import StudentConfig, build_student
 
 STUDENT: dict[str, Any] = dict(

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from vldistill import demo_teachers
 from vldistill.data.readers.vqa import read_vqa
-from vldistill.demo_teachers import (
+from vldistill.demo import teachers as demo_teachers
+from vldistill.demo.teachers import (
     ensure_demo_clip,
     load_caption_pairs,
     pretrain_clip,

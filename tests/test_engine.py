@@ -12,11 +12,11 @@ import pytest
 import yaml
 from rich.console import Console
 
-from vldistill.engine import AccumulationPlan
 from vldistill.errors import ConfigError
-from vldistill.interrupt import Interrupted, StopSignal, StopSignals
-from vldistill.progress import TrainProgress
-from vldistill.run_folder import Position, changed_keys, check_reuse, prepare, read_rows, trim_rows
+from vldistill.training.engine import AccumulationPlan
+from vldistill.training.interrupt import Interrupted, StopSignal, StopSignals
+from vldistill.training.progress import TrainProgress
+from vldistill.training.run_folder import Position, changed_keys, check_reuse, prepare, read_rows, trim_rows
 
 # ------------------------------------------------------------------------------------- accumulation
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 
 from vldistill.errors import ConfigError, DataError
-from vldistill.interrupt import Interrupted
+from vldistill.training.interrupt import Interrupted
 
 
 def test_errors_keep_class_message_and_fields_through_pickle() -> None:

@@ -1,4 +1,4 @@
-"""``vldistill.evaluate``: official metrics with their breakdowns, and the image-shuffle control."""
+"""``vldistill.training.evaluate``: official metrics with their breakdowns, and the image-shuffle control."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torch import nn
 from vldistill.data.examples import TaskExample
 from vldistill.data.loader import CachingProcessor
 from vldistill.data.records import VQAAnswer, VQARecord
-from vldistill.evaluate import Evaluator, image_shuffled, score
-from vldistill.experiment import EvalSet
 from vldistill.models.processing import Processor
+from vldistill.training.evaluate import Evaluator, image_shuffled, score
+from vldistill.training.experiment import EvalSet
 
 ANSWERS = ["yes", "no", "2", "red"]
 
@@ -145,7 +145,7 @@ def test_vcr_keeps_its_three_metrics() -> None:
 
 def test_a_dual_encoders_deploy_time_leaves_out_its_image_tower(monkeypatch):
     """``deploy_ms_per_example`` = the whole prediction minus the dual encoder's image encoding time."""
-    import vldistill.evaluate as ev
+    import vldistill.training.evaluate as ev
 
     clock = iter([0.0, 1.0, 1.25, 2.0])  # split start, image tower start, image tower end, split end
     monkeypatch.setattr(ev.time, "perf_counter", lambda: next(clock))

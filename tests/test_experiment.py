@@ -1,4 +1,4 @@
-"""``vldistill.experiment``: the dev set (a split, or a holdout grouped by image) beside training and evaluation."""
+"""``vldistill.training.experiment``: the dev set (a split, or a holdout grouped by image) beside training and eval."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tiny_configs import tiny_tree
 from vldistill.config import parse_config
 from vldistill.data.examples import TaskExample
 from vldistill.errors import ConfigError
-from vldistill.experiment import hold_out_dev, load_data
+from vldistill.training.experiment import hold_out_dev, load_data
 
 
 def _example(record: str, *images: str, stage: str = "") -> TaskExample:

@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 from tiny_configs import tiny_tree
 from torch import nn
 
-import vldistill.train as engine
-from vldistill import checkpoint as ckpt
+import vldistill.training.train as engine
 from vldistill.config import parse_config
-from vldistill.interrupt import Interrupted
-from vldistill.model_selection import ModelSelection
-from vldistill.train import train
+from vldistill.training import checkpoint as ckpt
+from vldistill.training.interrupt import Interrupted
+from vldistill.training.model_selection import ModelSelection
+from vldistill.training.train import train
 
 # ---------------------------------------------------------------- the selection state on its own
 

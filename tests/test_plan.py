@@ -10,7 +10,7 @@ from rich.console import Console
 from tiny_configs import tiny_tree
 
 from vldistill.config import parse_config
-from vldistill.plan import format_term, gradient_ratios, make_plan, render_plan
+from vldistill.training.plan import format_term, gradient_ratios, make_plan, render_plan
 
 
 def test_gradient_ratios_by_hand() -> None:

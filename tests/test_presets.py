@@ -33,14 +33,14 @@ from transformers import (
 )
 
 from vldistill.config import PRESETS_DIR, DataConfig, load_config, parse_config
-from vldistill.experiment import load_data
 from vldistill.models.fusion import FusionStudent
 from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor
 from vldistill.models.students import save_student
 from vldistill.models.teachers.clip import small_clip_config
 from vldistill.models.teachers.text import minilm_tokenizer
-from vldistill.plan import Plan, make_plan
-from vldistill.protocol import experiment, load_protocol
+from vldistill.protocol.runner import experiment, load_protocol
+from vldistill.training.experiment import load_data
+from vldistill.training.plan import Plan, make_plan
 
 REAL_PRESETS = {
     "clip_td-vqa": "vqa",

@@ -9,7 +9,8 @@ import yaml
 from tiny_configs import TINY_STUDENT, tiny_tree
 
 from vldistill.errors import ConfigError
-from vldistill.protocol import (
+from vldistill.protocol.jobs import Matrix, RunCell
+from vldistill.protocol.runner import (
     Condition,
     MethodEntry,
     ProtocolConfig,
@@ -18,7 +19,6 @@ from vldistill.protocol import (
     rows_of,
     run_protocol,
 )
-from vldistill.protocol_jobs import Matrix, RunCell
 
 
 def _spec(**extra) -> ProtocolConfig:
@@ -49,7 +49,7 @@ def _spec(**extra) -> ProtocolConfig:
 
 
 def test_protocol_rows_and_continuation(tmp_path, monkeypatch):
-    import vldistill.train as engine
+    import vldistill.training.train as engine
 
     real_train = engine.train
     calls = []
@@ -293,7 +293,7 @@ def test_a_failing_run_stops_the_protocol_with_its_error_and_the_others_finish(t
 
 
 def test_per_task_and_per_condition_overrides_reach_the_run_config(tmp_path):
-    from vldistill.protocol import ProtocolConfig, experiment
+    from vldistill.protocol.runner import ProtocolConfig, experiment
 
     spec = ProtocolConfig.model_validate(
         {
@@ -317,14 +317,14 @@ def test_per_task_must_name_a_task_of_the_protocol():
     import pytest
     from pydantic import ValidationError
 
-    from vldistill.protocol import ProtocolConfig
+    from vldistill.protocol.runner import ProtocolConfig
 
     with pytest.raises(ValidationError, match="per_task names nlvr2, not in tasks"):
         ProtocolConfig.model_validate({"base": {}, "tasks": ["vqa"], "per_task": {"nlvr2": {}}, "methods": {}})
 
 
 def test_a_teacher_reference_can_name_the_cells_own_seed(tmp_path):
-    from vldistill.protocol import ProtocolConfig, experiment, run_reference
+    from vldistill.protocol.runner import ProtocolConfig, experiment, run_reference
 
     assert run_reference("run:full/none/seed{seed}", "vqa", 2) == ("vqa", "full", "none", 2)
     spec = ProtocolConfig.model_validate(

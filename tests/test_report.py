@@ -1,4 +1,4 @@
-"""``vldistill.report``: tables, gains, controls, what did (not) appear, CSV, plots and bad input."""
+"""``vldistill.protocol.report``: tables, gains, controls, what did (not) appear, CSV, plots and bad input."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
 from vldistill.errors import DataError
-from vldistill.report import format_cell, summary_table, write_report
-from vldistill.report_cells import ResultRow, aggregate, pooled_std, read_results
-from vldistill.report_controls import image_use_lines, prior_section
-from vldistill.report_plots import dodge, error_bars, figure_dide, figure_lowshot, figure_shift, seeds_caption
+from vldistill.protocol.cells import ResultRow, aggregate, pooled_std, read_results
+from vldistill.protocol.controls import image_use_lines, prior_section
+from vldistill.protocol.plots import dodge, error_bars, figure_dide, figure_lowshot, figure_shift, seeds_caption
+from vldistill.protocol.report import format_cell, summary_table, write_report
 
 # (task, condition, split, fraction, student, method, metric) -> values over seeds 0, 1, 2, ...
 VQA = "vqa_accuracy"

@@ -15,9 +15,9 @@ import yaml
 from safetensors.torch import load_file
 from tiny_configs import tiny_tree
 
-from vldistill import checkpoint as ckpt
 from vldistill.config import parse_config
-from vldistill.train import NumericsError, train
+from vldistill.training import checkpoint as ckpt
+from vldistill.training.train import NumericsError, train
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -126,7 +126,7 @@ def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path, monkeypatch,
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save)
     if kill_at == "mid_epoch_2":
-        import vldistill.train as engine
+        import vldistill.training.train as engine
 
         real_loss = engine.task_loss
         seen = {"n": 0}
@@ -189,7 +189,7 @@ def test_corrupt_checkpoint_is_skipped_for_the_previous_one(tmp_path, capsys):
 
 @pytest.mark.parametrize(("nan_at", "kept"), [(4, ["step-00000002", "step-00000003"]), (1, [])])
 def test_a_nan_loss_stops_with_step_and_term_and_says_what_was_kept(nan_at, kept, tmp_path, monkeypatch):
-    import vldistill.train as engine
+    import vldistill.training.train as engine
 
     real_loss = engine.task_loss
     seen = {"n": 0}
@@ -360,15 +360,15 @@ def test_two_ranks_build_their_own_cache_shards_and_read_all(tmp_path):
     assert any("-r0-" in s for s in shards) and any("-r1-" in s for s in shards)
     meta = json.loads((folder / "meta.json").read_text())
     assert sorted(meta["shards"]) == shards
-    from vldistill.cache import TeacherCache
+    from vldistill.training.cache import TeacherCache
 
     assert len(TeacherCache(folder, fp16=False).rows) == 24  # every example, whichever rank computed it
 
 
 def test_dual_encoder_predictions_with_reused_image_encodings_equal_plain_ones():
     from vldistill.data.loader import ExampleDataset, collate_fn
-    from vldistill.evaluate import predict
-    from vldistill.experiment import build_models, load_data
+    from vldistill.training.evaluate import predict
+    from vldistill.training.experiment import build_models, load_data
 
     cfg = parse_config(tiny_tree("vqa", "none", student={"kind": "dual"}), "t")
     data = load_data(cfg.data)

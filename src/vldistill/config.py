@@ -51,7 +51,7 @@ class DataConfig(_Strict):
 
     **Dev set (model selection only).** ``dev_split`` names a split of the dataset, ``dev_holdout``
     holds out this many training *records* (an int) or this fraction of them (a float in (0, 1)),
-    grouped by image so that no picture is in both (:func:`vldistill.experiment.hold_out_dev`). The
+    grouped by image so that no picture is in both (:func:`vldistill.training.experiment.hold_out_dev`). The
     holdout is drawn with a fixed seed, independent of ``train.seed`` and ``subset_seed``, after
     ``max_train`` and before the low-shot subset, so every method and seed of a protocol selects on the
     same dev set and trains on subsets of the rest. The dev set only chooses the weights
@@ -258,7 +258,7 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, option: str | None 
 def _protocol_hint(raw: dict[str, Any], source: str) -> str | None:
     """The one-line error for a protocol (or demo) file given where one experiment is expected, else None.
 
-    A protocol file has ``base`` and ``methods`` / ``tasks`` instead of ``data`` (see vldistill.protocol).
+    A protocol file has ``base`` and ``methods`` / ``tasks`` instead of ``data`` (see vldistill.protocol.runner).
     """
     if "data" in raw or "base" not in raw or not {"methods", "tasks"} & raw.keys():
         return None

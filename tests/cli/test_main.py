@@ -138,7 +138,7 @@ def test_a_multi_line_message_prints_as_one_line(monkeypatch, capsys) -> None:
     def cannot_load(cfg, batch_size=4):
         raise ConfigError(f"CLIP teacher 'org/clip': cannot load it ({hub}); fix: give a local model directory")
 
-    monkeypatch.setattr("vldistill.plan.make_plan", cannot_load)
+    monkeypatch.setattr("vldistill.training.plan.make_plan", cannot_load)
     assert in_process(["plan", "--preset", "smoke"], monkeypatch, capsys) == (
         2,
         "",

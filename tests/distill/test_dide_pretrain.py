@@ -33,13 +33,13 @@ from vldistill.distill.pretrain_data import (
     negative_partners,
 )
 from vldistill.errors import ConfigError
-from vldistill.experiment import student_processor
 from vldistill.models.outputs import CrossModalAttention, FusionTeacherOutput, StudentOutput
 from vldistill.models.processing import Processor
 from vldistill.models.students import StudentConfig, build_student, load_student
 from vldistill.models.teachers.factory import TeacherConfig
 from vldistill.models.teachers.text import minilm_tokenizer
-from vldistill.train import train
+from vldistill.training.experiment import student_processor
+from vldistill.training.train import train
 
 SIZES = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 STUDENT = {"kind": "dual", **SIZES, "image_size": 32, "patch_size": 8}
@@ -226,8 +226,8 @@ class _Killed(BaseException):
 
 def test_pretraining_checkpoints_logs_and_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
     """The engine of `vldistill train`: a run killed after its step-4 checkpoint resumes bit for bit."""
-    from vldistill import checkpoint as ckpt
-    from vldistill.run_folder import read_rows
+    from vldistill.training import checkpoint as ckpt
+    from vldistill.training.run_folder import read_rows
 
     tree = _tree(train={"epochs": 2, "checkpoint_every": 2, "log_every": 1})
     config = tmp_path / "pretrain.yaml"

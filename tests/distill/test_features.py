@@ -18,7 +18,6 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tiny_configs import tiny_tree
 
-from vldistill.cache import open_teacher_cache
 from vldistill.config import parse_config
 from vldistill.data.loader import ExampleDataset, ImageStore, collate_fn
 from vldistill.distill.config import MethodConfig
@@ -27,10 +26,11 @@ from vldistill.distill.losses import feature_distance, weighted_feature_loss
 from vldistill.distill.methods import Method
 from vldistill.distill.normalize import statistics_sample, token_moments
 from vldistill.errors import ConfigError
-from vldistill.experiment import build_models, load_data
 from vldistill.models.heads import task_loss
-from vldistill.plan import make_plan
-from vldistill.train import train
+from vldistill.training.cache import open_teacher_cache
+from vldistill.training.experiment import build_models, load_data
+from vldistill.training.plan import make_plan
+from vldistill.training.train import train
 
 E2 = math.exp(2.0)
 

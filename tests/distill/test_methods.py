@@ -8,13 +8,13 @@ import pytest
 import torch
 from tiny_configs import tiny_tree
 
-from vldistill.cache import open_teacher_cache
 from vldistill.config import parse_config
 from vldistill.data.loader import ExampleDataset, collate_fn
 from vldistill.errors import ConfigError
-from vldistill.experiment import build_models, load_data
-from vldistill.plan import make_plan
-from vldistill.train import train
+from vldistill.training.cache import open_teacher_cache
+from vldistill.training.experiment import build_models, load_data
+from vldistill.training.plan import make_plan
+from vldistill.training.train import train
 
 CASES = {
     "none": dict(task="vqa", method="none"),

@@ -17,7 +17,7 @@ from vldistill.config import parse_config
 from vldistill.errors import ConfigError
 from vldistill.models.prior import PADDING_BUCKET, TextPriorStudent, ngram_buckets
 from vldistill.models.students import STUDENT_FILE, StudentConfig, build_student, load_student, save_student
-from vldistill.train import train
+from vldistill.training.train import train
 
 MINSTD = 2**31 - 1
 

@@ -19,7 +19,7 @@ from vldistill.config import cache_dir, parse_config
 from vldistill.errors import ConfigError
 from vldistill.models.dual import DualEncoderStudent
 from vldistill.models.students import StudentConfig, build_student, load_student, save_student, student_processor
-from vldistill.train import train
+from vldistill.training.train import train
 
 
 def _run_cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:

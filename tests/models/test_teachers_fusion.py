@@ -14,11 +14,11 @@ from transformers import ViltConfig, ViltForQuestionAnswering
 
 from vldistill.data.examples import TaskExample
 from vldistill.errors import ConfigError
-from vldistill.experiment import student_processor
 from vldistill.models.fusion import FusionStudent
 from vldistill.models.students import StudentConfig, build_student, save_student
 from vldistill.models.teachers import FusionTeacher, TeacherConfig, TinyTeacherConfig, build_teacher
 from vldistill.models.teachers.base import save_processor
+from vldistill.training.experiment import student_processor
 
 LAYOUT = {"vqa": (1, 1), "snli_ve": (1, 1), "vcr": (1, 4), "nlvr2": (2, 1)}
 CLASSES = {"vqa": 5, "snli_ve": 3, "vcr": 4, "nlvr2": 2}

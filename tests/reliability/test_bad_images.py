@@ -12,7 +12,7 @@ from tiny_configs import tiny_tree
 
 from vldistill.config import parse_config
 from vldistill.data.loader import ExampleDataset, ImageReadError, examples_with_images
-from vldistill.experiment import load_data
+from vldistill.training.experiment import load_data
 
 
 def _tree(root: Path, **data) -> dict:

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from tiny_configs import tiny_tree
 
-from vldistill import checkpoint as ckpt
-from vldistill.protocol import read_results
+from vldistill.protocol.runner import read_results
+from vldistill.training import checkpoint as ckpt
 
 RERUN = "rerun the same command to continue"
 
@@ -94,13 +94,13 @@ def test_a_signal_before_any_step_ends_the_command_with_one_line(command, name, 
 def test_typer_exit_keeps_its_status(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import typer
 
-    import vldistill.report
+    import vldistill.protocol.report
     from vldistill.cli import main
 
     def exit_3(_folder: Path) -> None:
         raise typer.Exit(3)
 
-    monkeypatch.setattr(vldistill.report, "write_report", exit_3)
+    monkeypatch.setattr(vldistill.protocol.report, "write_report", exit_3)
     monkeypatch.setattr(sys, "argv", ["vldistill", "report", "somewhere"])
     with pytest.raises(SystemExit) as done:
         main()

@@ -35,9 +35,9 @@ from safetensors.torch import load_file, save_file
 from tiny_configs import tiny_tree
 
 import vldistill
-from vldistill.cache import TeacherCache
 from vldistill.config import parse_config
 from vldistill.errors import ConfigError, DataError
+from vldistill.training.cache import TeacherCache
 
 PACKAGE = Path(vldistill.__file__).parent
 UNSAFE_MODULES = {
@@ -142,7 +142,7 @@ def test_no_remote_code_from_model_hubs() -> None:
 
 IMPORT_PATHS = [
     ("method", "name", "os.system"),
-    ("method", "name", "vldistill.train:train"),
+    ("method", "name", "vldistill.training.train:train"),
     ("student", "kind", "subprocess.Popen"),
     ("data", "task", "builtins.eval"),
 ]

@@ -24,7 +24,7 @@ from reliability.corpus_files import write_config
 from safetensors.torch import load_file
 from tiny_configs import tiny_tree
 
-from vldistill import checkpoint as ckpt
+from vldistill.training import checkpoint as ckpt
 
 STEPS = 12  # 48 examples / batch 8 = 6 steps per epoch, 2 epochs
 KEEP = 3

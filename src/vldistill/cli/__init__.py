@@ -8,7 +8,7 @@ prints its help and exits with status 2, as click does for a group called withou
 Ctrl-C (SIGINT) and SIGTERM end every command with one line on stderr, ``interrupted [at step N]
 (SIGINT); <how to continue>``, and the status of a death by that signal, 130 or 143, so that
 ``vldistill train ... && vldistill eval ...`` stops there. A training loop first saves a checkpoint
-at the next step boundary (:mod:`vldistill.interrupt`); how to continue depends on the command
+at the next step boundary (:mod:`vldistill.training.interrupt`); how to continue depends on the command
 (:data:`CONTINUE`).
 """
 
@@ -23,7 +23,7 @@ import typer
 from typer.core import TyperGroup
 
 from vldistill.errors import VldistillError
-from vldistill.interrupt import Interrupted, raise_on_stop_signals, restore_handlers
+from vldistill.training.interrupt import Interrupted, raise_on_stop_signals, restore_handlers
 
 CONTINUE = {
     "train": "continue with --resume",

@@ -25,8 +25,8 @@ def protocol_command(
     ] = None,
 ) -> None:
     """Run tasks x conditions x methods x seeds; rows go to OUT/results.jsonl; then write the report."""
-    from vldistill.protocol import load_protocol, run_protocol
-    from vldistill.report import summary_table, write_report
+    from vldistill.protocol.report import summary_table, write_report
+    from vldistill.protocol.runner import load_protocol, run_protocol
 
     results = run_protocol(load_protocol(config), out, show_progress=progress, jobs=jobs)
     report = write_report(out)
@@ -55,7 +55,7 @@ def demo_command(
     ] = None,
 ) -> None:
     """The embedded default: world, teachers, protocol, DiDE, report (offline, 2 CPU cores)."""
-    from vldistill.demo import run_demo
+    from vldistill.demo.run import run_demo
 
     if spec is not None and quick:
         raise ConfigError("--quick and --spec name two protocols; fix: give one of them")
@@ -90,7 +90,7 @@ def demo_command(
 
 def report_command(run_dir: Annotated[Path, typer.Argument(help="a protocol folder with results.jsonl")]) -> None:
     """Write DIR/report.md (mean ± std per task, condition and method, gains) and PNG plots."""
-    from vldistill.report import summary_table, write_report
+    from vldistill.protocol.report import summary_table, write_report
 
     report = write_report(run_dir)
     console.print(summary_table(run_dir))
@@ -102,8 +102,8 @@ def cache_build(config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt
     """Pre-compute the teacher outputs a config's method needs over its training set."""
     from accelerate import PartialState
 
-    from vldistill.cache import open_teacher_cache
-    from vldistill.experiment import build_models, load_data
+    from vldistill.training.cache import open_teacher_cache
+    from vldistill.training.experiment import build_models, load_data
 
     cfg = resolve_config(config, preset, set_)
     import torch

@@ -46,7 +46,7 @@ def train_command(
     The run folder keeps the resolved config (config.yaml); Ctrl-C or SIGTERM saves a checkpoint and
     exits with 130 / 143; --resume continues it.
     """
-    from vldistill.train import train
+    from vldistill.training.train import train
 
     cfg = resolve_config(config, preset, set_)
     summary = train(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress)
@@ -65,7 +65,7 @@ def plan_command(
     set_: SetOpt = None,
 ) -> None:
     """Dry run: build everything, run one batch, print which teacher output feeds which student output."""
-    from vldistill.plan import make_plan, render_plan
+    from vldistill.training.plan import make_plan, render_plan
 
     cfg = resolve_config(config, preset, set_)
     render_plan(make_plan(cfg), console)
@@ -80,7 +80,7 @@ def resolve_eval_inputs(
     ``vldistill train``: its ``final/`` student, and its ``config.yaml`` unless a config is given.
     """
     from vldistill.config import load_config
-    from vldistill.run_folder import CONFIG_FILE
+    from vldistill.training.run_folder import CONFIG_FILE
 
     if (student / CONFIG_FILE).is_file() and not (student / "final").is_dir():
         raise ConfigError(
@@ -117,10 +117,10 @@ def eval_command(
     import json
 
     from vldistill.data.loader import CachingProcessor
-    from vldistill.evaluate import PRIMARY_METRIC, SHUFFLED, Evaluator, image_shuffled, write_predictions
-    from vldistill.experiment import EvalSet, load_data
     from vldistill.models.processing import Processor
     from vldistill.models.students import load_student
+    from vldistill.training.evaluate import PRIMARY_METRIC, SHUFFLED, Evaluator, image_shuffled, write_predictions
+    from vldistill.training.experiment import EvalSet, load_data
 
     cfg, student = resolve_eval_inputs(student, config, preset, set_)
     data = load_data(cfg.data)

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from vldistill.data.loader import Batch
+from vldistill.distill.base import Method, register
 from vldistill.distill.config import MethodConfig
 from vldistill.distill.losses import attention_kl
-from vldistill.distill.methods import Method, register
 from vldistill.errors import ConfigError
 from vldistill.models.outputs import StudentOutput
 

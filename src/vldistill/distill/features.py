@@ -35,9 +35,9 @@ from torch import nn
 from vldistill.data.examples import TASK_KINDS, TaskExample, view_index
 from vldistill.data.loader import Batch, ImageStore
 from vldistill.distill.align import pool_grid, pool_words
+from vldistill.distill.base import Method, register
 from vldistill.distill.config import MethodConfig
 from vldistill.distill.losses import feature_distance, weighted_feature_loss
-from vldistill.distill.methods import Method, register
 from vldistill.distill.normalize import (
     STATISTICS_BATCHES,
     Standardize,

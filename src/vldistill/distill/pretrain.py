@@ -26,7 +26,7 @@ Our choices (the paper is silent on them):
   ``sigmoid`` is the BCE of each student logit against ``sigmoid(teacher logit / T)``, for teachers
   whose matching score is a calibrated probability.
 
-Training runs on the fine-tuning engine (:mod:`vldistill.engine`, :mod:`vldistill.run_folder`):
+Training runs on the fine-tuning engine (:mod:`vldistill.training.engine`, :mod:`vldistill.training.run_folder`):
 AdamW with linear warm-up and decay on accelerate, deterministic on CPU for a seed, with the same run
 folder as ``vldistill train`` (``config.yaml``, checkpoints, ``--resume`` to the same weights bit for
 bit, ``--overwrite``, ``metrics.jsonl`` and TensorBoard rows every ``train.log_every`` steps, Ctrl-C /
@@ -56,7 +56,15 @@ from vldistill.distill.pretrain_config import (
     load_pretrain_config,
 )
 from vldistill.distill.pretrain_data import ITM_TASK, PairBatch, PairCollator, caption_pairs
-from vldistill.engine import (
+from vldistill.errors import ConfigError
+from vldistill.models.fusion import FusionStudent
+from vldistill.models.loading import resolve_pretrained
+from vldistill.models.outputs import FusionTeacherOutput, StudentOutput
+from vldistill.models.processing import Processor
+from vldistill.models.students import STUDENT_FILE, build_student, save_student
+from vldistill.models.teachers.factory import TeacherConfig, build_teacher
+from vldistill.models.teachers.fusion import FusionTeacher
+from vldistill.training.engine import (
     EpochSampler,
     NumericsError,
     backward,
@@ -66,17 +74,9 @@ from vldistill.engine import (
     make_accelerator,
     optimizer_step,
 )
-from vldistill.errors import ConfigError
-from vldistill.interrupt import ignore_stop_signals
-from vldistill.models.fusion import FusionStudent
-from vldistill.models.loading import resolve_pretrained
-from vldistill.models.outputs import FusionTeacherOutput, StudentOutput
-from vldistill.models.processing import Processor
-from vldistill.models.students import STUDENT_FILE, build_student, save_student
-from vldistill.models.teachers.factory import TeacherConfig, build_teacher
-from vldistill.models.teachers.fusion import FusionTeacher
-from vldistill.progress import TrainProgress
-from vldistill.run_folder import RunFolder
+from vldistill.training.interrupt import ignore_stop_signals
+from vldistill.training.progress import TrainProgress
+from vldistill.training.run_folder import RunFolder
 
 RETRIEVAL_CLASS = "ViltForImageAndTextRetrieval"
 __all__ = [
@@ -210,18 +210,18 @@ def pretrain_dual(
 ) -> dict[str, Any]:
     """Distil the teacher into a dual student on caption pairs; write ``out_dir/final`` and return the summary.
 
-    Writes the run folder of ``vldistill train`` (:mod:`vldistill.run_folder`): ``config.yaml``,
+    Writes the run folder of ``vldistill train`` (:mod:`vldistill.training.run_folder`): ``config.yaml``,
     ``checkpoints/``, ``tensorboard/``, ``metrics.jsonl`` (step rows, and per epoch: mean loss terms,
     and how often teacher and student rank each image's own caption first, ``*_rank_top1``, and agree,
     ``rank_agreement``), ``summary.json`` and ``final/`` (``save_student``: loads with
     ``StudentConfig(kind="dual", pretrained=...)`` for any task).
 
     Raises:
-        ConfigError: a bad folder reuse (see ``vldistill.train.train``), too few pairs, misaligned maps.
+        ConfigError: a bad folder reuse (see ``vldistill.training.train.train``), too few pairs, misaligned maps.
         NumericsError: a loss term became NaN or infinite.
         Interrupted: SIGINT or SIGTERM; a checkpoint of the step was saved first.
     """
-    from vldistill.experiment import student_processor
+    from vldistill.training.experiment import student_processor
 
     t0 = time.perf_counter()
     tc = cfg.train

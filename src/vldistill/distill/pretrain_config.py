@@ -52,7 +52,7 @@ class PretrainTrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)
 
 
-# Keys a resumed pre-training run may change (see vldistill.train.HARMLESS_CHANGES).
+# Keys a resumed pre-training run may change (see vldistill.training.train.HARMLESS_CHANGES).
 HARMLESS_CHANGES = frozenset(
     {
         "name",

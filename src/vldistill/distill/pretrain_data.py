@@ -80,7 +80,7 @@ def read_caption_file(path: Path) -> list[CaptionPair]:
 def caption_pairs(cfg: CaptionDataConfig, seed: int) -> list[CaptionPair]:
     """Every pair the data section names (the world is generated on first use), in file order."""
     if cfg.captions == "world":
-        from vldistill.experiment import resolve_root
+        from vldistill.training.experiment import resolve_root
 
         files = [
             resolve_root("world", s, "captions", cfg.world_scale, cfg.world_seed) / "captions.jsonl" for s in cfg.styles

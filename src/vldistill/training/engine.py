@@ -1,7 +1,7 @@
 """The pieces of a training loop that ``train`` (fine-tuning) and ``pretrain_dual`` (DiDE's pre-training) share.
 
 The sampler, the optimizer, the accelerator, gradient accumulation and the optimizer step. The run
-folder (config, checkpoints, logs, stop signals) is :mod:`vldistill.run_folder`.
+folder (config, checkpoints, logs, stop signals) is :mod:`vldistill.training.run_folder`.
 """
 
 from __future__ import annotations

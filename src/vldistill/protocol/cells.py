@@ -1,7 +1,7 @@
 """Results of a protocol grouped over seeds: rows of ``results.jsonl`` -> :class:`Cell` objects, gains.
 
-Read by :mod:`vldistill.report` (tables, CSV), :mod:`vldistill.report_controls` and
-:mod:`vldistill.report_plots`. Rows written before the controls existed (no ``control``, ``dev`` or
+Read by :mod:`vldistill.protocol.report` (tables, CSV), :mod:`vldistill.protocol.controls` and
+:mod:`vldistill.protocol.plots`. Rows written before the controls existed (no ``control``, ``dev`` or
 ``best_step``) read as unshuffled rows without dev selection.
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from vldistill.errors import DataError
-from vldistill.evaluate import PRIMARY_METRIC
+from vldistill.training.evaluate import PRIMARY_METRIC
 
 _TASK_ORDER = tuple(PRIMARY_METRIC)
 _STUDENT_ORDER = ("prior", "fusion", "dual")
 _METHOD_ORDER = ("prior", "none", "kd", "clip_td", "mad", "dide")
 PRIOR = "prior"
-"""The method (and student) of the text-only prior's rows (vldistill.protocol.rows_of)."""
+"""The method (and student) of the text-only prior's rows (vldistill.protocol.runner.rows_of)."""
 BASELINE = "none"
 _NUMBER = (int, float)
 _REQUIRED: dict[str, type | tuple[type, ...]] = {

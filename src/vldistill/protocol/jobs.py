@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vldistill.errors import ConfigError
-from vldistill.interrupt import ignore_stop_signals
-from vldistill.protocol import (
+from vldistill.protocol.runner import (
     Condition,
     ProtocolConfig,
     RunKey,
@@ -42,6 +41,7 @@ from vldistill.protocol import (
     run_reference,
     run_references,
 )
+from vldistill.training.interrupt import ignore_stop_signals
 
 if TYPE_CHECKING:
     from vldistill.config import ExperimentConfig
@@ -160,7 +160,7 @@ def run_cells(matrix: Matrix, spec: ProtocolConfig, out: Path, *, jobs: int, sho
 
 
 def _run_here(matrix: Matrix, spec: ProtocolConfig, out: Path, show_progress: bool) -> None:
-    import vldistill.train as engine  # its train looked up at each call (tests replace it)
+    import vldistill.training.train as engine  # its train looked up at each call (tests replace it)
 
     while ready := matrix.ready():
         cell = ready[0]
@@ -182,7 +182,7 @@ def train_in_worker(cfg: ExperimentConfig, where: Path) -> dict[str, Any]:
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        from vldistill.train import train
+        from vldistill.training.train import train
 
         return train(cfg, where, resume=True, show_progress=False)
     finally:
@@ -196,7 +196,7 @@ def _threads_per_job(jobs: int) -> int:
 
 def _generate_worlds(spec: ProtocolConfig, out: Path, cells: list[RunCell]) -> None:
     """Write the generated world a run reads before the workers start (not once per worker, racing)."""
-    from vldistill.experiment import resolve_root
+    from vldistill.training.experiment import resolve_root
 
     for task in dict.fromkeys(c.task for c in cells):
         first = next(c for c in cells if c.task == task)

@@ -5,7 +5,7 @@ needed. ``figure_<kind>`` builds one task's figure from the cells of its primary
 when the results hold nothing to plot; ``plot_<kind>`` writes it as PNG and returns its caption.
 
 Every point is a mean over seeds with a ±1 sample-std error bar (no bar for one seed). Every metric in
-``results.jsonl`` is a percentage (vldistill.evaluate, vldistill.metrics), so bars are clipped to
+``results.jsonl`` is a percentage (vldistill.training.evaluate, vldistill.metrics), so bars are clipped to
 ``METRIC_RANGE``: accuracy cannot exceed 100 however wide the spread. Points of different columns at the
 same x (every column at each low-shot fraction; the two dual encoders at one inference cost) are dodged
 sideways (seaborn's ``dodge``) so that none hides another.
@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from vldistill.report_cells import Cell
+    from vldistill.protocol.cells import Cell
 
 METRIC_RANGE = (0.0, 100.0)
 """The range of every reported metric (percent); error bars never leave it."""

@@ -5,11 +5,11 @@ CPU, one GPU, or many processes under ``accelerate launch`` / ``torchrun`` (DDP;
 through accelerate's own config). The global batch is ``train.batch_size`` whatever the number of
 processes (accelerate splits each batch), so a run matches itself across process counts; with
 ``train.grad_accum`` a step takes the update of a batch ``grad_accum`` times larger, the epoch's
-last, shorter window included (:class:`~vldistill.engine.AccumulationPlan`).
+last, shorter window included (:class:`~vldistill.training.engine.AccumulationPlan`).
 
 The run folder (``config.yaml``, checkpoints, ``metrics.jsonl``, TensorBoard, the rules for reusing
-a folder, Ctrl-C and SIGTERM) is :mod:`vldistill.run_folder`; which weights the run keeps (the best on
-the dev set) is :mod:`vldistill.model_selection`. The dev set is used for that choice only: the
+a folder, Ctrl-C and SIGTERM) is :mod:`vldistill.training.run_folder`; which weights the run keeps (the best on
+the dev set) is :mod:`vldistill.training.model_selection`. The dev set is used for that choice only: the
 evaluation splits are evaluated once, at the end, with the selected weights.
 """
 
@@ -25,10 +25,12 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-from vldistill.cache import open_teacher_cache
 from vldistill.config import ExperimentConfig
 from vldistill.data.loader import Batch, CachingProcessor, ExampleDataset, ImageStore, collate_fn
-from vldistill.engine import (
+from vldistill.models.heads import task_loss
+from vldistill.models.students import save_student
+from vldistill.training.cache import open_teacher_cache
+from vldistill.training.engine import (
     AccumulationPlan,
     EpochSampler,
     NumericsError,
@@ -39,14 +41,12 @@ from vldistill.engine import (
     make_accelerator,
     optimizer_step,
 )
-from vldistill.evaluate import PRIMARY_METRIC, Evaluator
-from vldistill.experiment import Built, EvalSet, build_models, load_data
-from vldistill.interrupt import ignore_stop_signals
-from vldistill.model_selection import ModelSelection
-from vldistill.models.heads import task_loss
-from vldistill.models.students import save_student
-from vldistill.progress import TrainProgress
-from vldistill.run_folder import Position, RunFolder
+from vldistill.training.evaluate import PRIMARY_METRIC, Evaluator
+from vldistill.training.experiment import Built, EvalSet, build_models, load_data
+from vldistill.training.interrupt import ignore_stop_signals
+from vldistill.training.model_selection import ModelSelection
+from vldistill.training.progress import TrainProgress
+from vldistill.training.run_folder import Position, RunFolder
 
 __all__ = ["HARMLESS_CHANGES", "EpochSampler", "NumericsError", "build_optimizer", "train"]
 
@@ -163,7 +163,7 @@ def train(
          "best_step": int,                  # the step of the selected weights
          "dev_evaluations": int}
 
-    Each split's metrics are :func:`vldistill.evaluate.score`'s (primary metric, breakdowns) plus
+    Each split's metrics are :func:`vldistill.training.evaluate.score`'s (primary metric, breakdowns) plus
     ``ms_per_example``; ``<split>:shuffled`` is the image-shuffle control of ``<split>``.
 
     Raises:

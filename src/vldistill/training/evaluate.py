@@ -24,11 +24,11 @@ from torch import nn
 from vldistill.data.examples import TaskExample
 from vldistill.data.loader import Batch, ExampleDataset, ImageStore, collate_fn
 from vldistill.data.records import VE_LABELS, Record, VQARecord
-from vldistill.experiment import EvalSet
 from vldistill.metrics import nlvr2_scores, snli_ve_accuracy, vcr_accuracy
 from vldistill.metrics.vqa import accuracy_by_type, question_accuracy
 from vldistill.models.dual import DualEncoderStudent, TowerEncoding
 from vldistill.models.outputs import ModelInputs
+from vldistill.training.experiment import EvalSet
 
 PRIMARY_METRIC: dict[str, str] = {"vqa": "vqa_accuracy", "snli_ve": "accuracy", "vcr": "q2ar", "nlvr2": "accuracy"}
 """The figure each task's papers report first, used for tables and model selection."""

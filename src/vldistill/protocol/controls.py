@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vldistill.report_cells import (
+from vldistill.protocol.cells import (
     BASELINE,
     MIN_EFFECT,
     PRIOR,

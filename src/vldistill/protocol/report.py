@@ -1,9 +1,9 @@
 """``vldistill report DIR``: tables, a CSV and plots from a protocol's ``DIR/results.jsonl``.
 
-Rows (one metric of one finished run on one split, see :func:`vldistill.protocol.rows_of`) are grouped over
+Rows (one metric of one finished run on one split, see :func:`vldistill.protocol.runner.rows_of`) are grouped over
 seeds into :class:`Cell` objects; a *gain* is a cell's mean minus that of the same student's ``none``
 baseline. Each task's section has its main table (the text-only prior a column of it), the gains, the
-controls (:mod:`vldistill.report_controls`: margin over the text-only prior, the image-shuffle control,
+controls (:mod:`vldistill.protocol.controls`: margin over the text-only prior, the image-shuffle control,
 per-group tables, model selection on dev) and the plots; the report ends with what did not appear and
 what did (a gain counts when larger than max(1 point, the pooled std over seeds)).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vldistill.errors import DataError
-from vldistill.report_cells import (
+from vldistill.protocol.cells import (
     BASELINE,
     PRIOR,
     Cell,
@@ -32,7 +32,7 @@ from vldistill.report_cells import (
     is_breakdown,
     read_results,
 )
-from vldistill.report_controls import (
+from vldistill.protocol.controls import (
     breakdown_tables,
     comparisons,
     header,
@@ -43,7 +43,7 @@ from vldistill.report_controls import (
     selection_line,
     verdict_sections,
 )
-from vldistill.report_plots import dide_cells, plot_dide, plot_lowshot, plot_shift
+from vldistill.protocol.plots import dide_cells, plot_dide, plot_lowshot, plot_shift
 
 
 def _number(value: float | None, spec: str) -> str:
@@ -208,7 +208,7 @@ def _protocol_lines(run_dir: Path) -> list[str]:
 
 def _teacher_lines(run_dir: Path) -> list[str]:
     """What the demo's CLIP teacher knows (``teachers.json``, written by ``vldistill demo``): caption
-    retrieval on held-out pairs, zero-shot VQA and word-to-region grounding (``vldistill.demo_grounding``)."""
+    retrieval on held-out pairs, zero-shot VQA and word-to-region grounding (``vldistill.demo.grounding``)."""
     path = run_dir / "teachers.json"
     if not path.is_file():
         return []
@@ -263,7 +263,7 @@ def _teacher_lines(run_dir: Path) -> list[str]:
             "",
             f"Every fusion run starts from the student pre-trained with image-text matching on "
             f"{student.get('train_pairs', '?')} caption pairs of the {'/'.join(student.get('styles', []))} style "
-            f"in {student.get('seconds', '?')} s (`vldistill.demo_student`): held-out matching accuracy "
+            f"in {student.get('seconds', '?')} s (`vldistill.demo.student`): held-out matching accuracy "
             f"{pct(student.get('itm_accuracy_held_out'))}% (before pre-training "
             f"{pct(student.get('itm_accuracy_before'))}%, chance 50%; half of the negatives swap a colour or "
             "shape word). The dual encoders start from scratch.",

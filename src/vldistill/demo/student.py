@@ -29,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vldistill.demo_teachers import adamw_schedule, ensure_trained, load_caption_pairs
+from vldistill.demo.teachers import adamw_schedule, ensure_trained, load_caption_pairs
 from vldistill.distill.contrastive import swap_word_negatives
 from vldistill.models.fusion import FusionStudent
 from vldistill.models.outputs import ModelInputs
 from vldistill.models.students import StudentConfig, _tiny_vilt, student_processor
-from vldistill.progress import TrainProgress
+from vldistill.training.progress import TrainProgress
 
 TRAINING_VERSION = "1"
 """Bump whenever the pre-training procedure changes, so cached students are retrained."""

@@ -10,7 +10,7 @@ as condition ``shift``.
 A method entry can take its teacher from another run of the same task (DiDE's fine-tuned fusion
 teacher): ``pretrained: "run:<condition>/<label>/seed<k>"`` names that run's ``final/`` student, and
 the cell waits for that run. With ``jobs`` > 1 (``vldistill protocol --jobs N``) up to N runs train at
-once, each in its own process (:mod:`vldistill.protocol_jobs`); the rows are the same as with one.
+once, each in its own process (:mod:`vldistill.protocol.jobs`); the rows are the same as with one.
 
 A method entry whose student is ``kind: prior`` is the text-only control (``vldistill.models.prior``):
 its rows have method ``prior``. With the image-shuffle control the run summary also holds splits
@@ -283,13 +283,13 @@ def run_protocol(spec: ProtocolConfig, out: Path, *, show_progress: bool = False
     ``jobs`` (default ``spec.jobs``): how many runs train at once, each in its own process; 1 trains
     them one after the other in this process. Every cell's config is checked before the first run. With
     ``jobs`` > 1 a script that calls this must guard its entry point (``if __name__ == "__main__":``),
-    as every use of ``multiprocessing``'s spawn must (:mod:`vldistill.protocol_jobs`).
+    as every use of ``multiprocessing``'s spawn must (:mod:`vldistill.protocol.jobs`).
 
     Raises:
         ConfigError: a bad cell config, or a teacher reference to a run that neither is in the matrix
             nor exists (before any run); a run's own error (the protocol stops, runs in flight finish).
     """
-    from vldistill.protocol_jobs import Matrix, run_cells
+    from vldistill.protocol.jobs import Matrix, run_cells
 
     out.mkdir(parents=True, exist_ok=True)
     # the settings as run: the jobs actually used, not the file's default

@@ -8,7 +8,7 @@ overrides applied; ``vldistill eval RUN`` reads it), ``checkpoints/``, ``tensorb
 "epoch", "lr", "loss", "grad_norm", "train_<term>"...}`` (``loss``: the total loss of the step's
 window, the one whose gradient was applied; ``grad_norm``: before clipping); one per dev evaluation,
 ``{"kind": "dev", "step", "epoch", "dev": {metric: value}, "best": bool}`` (``best``: these weights are
-the selected ones so far, see :mod:`vldistill.model_selection`); and one per epoch without ``kind``
+the selected ones so far, see :mod:`vldistill.training.model_selection`); and one per epoch without ``kind``
 (the trainer's own fields: ``epoch``, ``step``, the epoch's mean ``train_<term>``, ``eval``,
 ``seconds``). TensorBoard gets ``train/lr``, ``train/loss``, ``train/grad_norm`` and
 ``train/<term>`` at the same steps, and ``dev/<metric>`` at each dev evaluation.
@@ -42,10 +42,10 @@ from accelerate import Accelerator
 from pydantic import BaseModel
 from torch import nn
 
-from vldistill import checkpoint as ckpt
-from vldistill.engine import NumericsError
 from vldistill.errors import ConfigError
-from vldistill.interrupt import Interrupted, StopSignals
+from vldistill.training import checkpoint as ckpt
+from vldistill.training.engine import NumericsError
+from vldistill.training.interrupt import Interrupted, StopSignals
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -161,7 +161,7 @@ class RunFolder:
     """A run's folder on accelerate: its config, checkpoints, TensorBoard and ``metrics.jsonl``, its stop signals.
 
     Built on every process before data and models (so a refused folder costs nothing); as a context
-    manager it records SIGINT / SIGTERM (:mod:`vldistill.interrupt`) and closes the trackers.
+    manager it records SIGINT / SIGTERM (:mod:`vldistill.training.interrupt`) and closes the trackers.
     """
 
     def __init__(

@@ -4,7 +4,7 @@
 2. the teachers and the student's starting point, cached: a small CLIP-like model pre-trained
    contrastively on the world's captions of both styles (no real CLIP weights are reachable offline),
    and, beside it on the other core, the fusion student pre-trained with image-text matching on the
-   base style's captions (``vldistill.demo_student``); the packaged MiniLM (and EfficientNet-Lite0,
+   base style's captions (``vldistill.demo.student``); the packaged MiniLM (and EfficientNet-Lite0,
    in the ablation) need no training;
 3. the protocol (``configs/demo.yaml``): VQA and SNLI-VE; a text-only prior, none, kd, clip_td, mad
    under full supervision, 10% low-shot and the domain shift, 3 seeds, with dev selection and the
@@ -13,7 +13,7 @@
 5. the report (``DIR/report.md``, published with ``--doc``), whose main table is printed at the end.
 
 The protocol trains two runs at once (``jobs``, ``DEMO_JOBS``), each in its own single-threaded process:
-the two cores of the machine it is sized for (``vldistill.protocol_jobs``).
+the two cores of the machine it is sized for (``vldistill.protocol.jobs``).
 """
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ def run_demo(
     import torch
 
     from vldistill.data.world import generate_world
-    from vldistill.demo_student import ensure_demo_student
-    from vldistill.demo_teachers import ensure_demo_clip
-    from vldistill.experiment import world_dir
-    from vldistill.protocol import ProtocolConfig, run_protocol
-    from vldistill.report import summary_table, write_report
+    from vldistill.demo.student import ensure_demo_student
+    from vldistill.demo.teachers import ensure_demo_clip
+    from vldistill.protocol.report import summary_table, write_report
+    from vldistill.protocol.runner import ProtocolConfig, run_protocol
+    from vldistill.training.experiment import world_dir
 
     t0 = time.perf_counter()
     # One intra-op thread: these models are small, and on a busy 2-core machine two OpenMP threads

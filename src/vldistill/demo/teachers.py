@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from transformers import CLIPModel
 
-from vldistill.demo_grounding import grounding_accuracy, zero_shot_vqa
+from vldistill.demo.grounding import grounding_accuracy, zero_shot_vqa
 from vldistill.distill.contrastive import clip_loss, clip_loss_with_negatives, filip_loss, swap_word_negatives
 from vldistill.errors import ConfigError, DataError
 from vldistill.models.pooling import end_token_pool
 from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor
 from vldistill.models.teachers.clip import CLIPTeacher, small_clip_config
 from vldistill.models.teachers.text import minilm_tokenizer
-from vldistill.progress import TrainProgress
+from vldistill.training.progress import TrainProgress
 
 CAPTION_STYLES: tuple[str, ...] = ("base", "shifted")
 HELD_OUT_FRACTION = 0.1

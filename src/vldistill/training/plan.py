@@ -22,8 +22,8 @@ from vldistill.data.loader import ExampleDataset, collate_fn
 from vldistill.distill.features import FeatureDistillation, comparison_grid
 from vldistill.distill.normalize import mean_pairwise_cosine
 from vldistill.errors import ConfigError
-from vldistill.experiment import build_models, load_data
 from vldistill.models.heads import task_loss
+from vldistill.training.experiment import build_models, load_data
 
 
 def _count(module: torch.nn.Module) -> int:
