@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tiny_configs import tiny_tree
 
-from vldistill.config import PRESETS_DIR, load_config, parse_config
+from vldistill.config import PRESETS_DIR, load_config, parse_config, preset_path
 from vldistill.errors import ConfigError
 
 
@@ -201,3 +201,10 @@ def test_out_of_range_sizes_and_seeds_are_config_errors_naming_the_key(section, 
     tree.setdefault(section, {})[key] = value
     with pytest.raises(ConfigError, match=f"{section}.{key}"):
         parse_config(tree, "test.yaml")
+
+
+def test_an_unknown_preset_lists_only_the_presets_the_command_takes() -> None:
+    listed = _error(lambda: preset_path("no-such-preset")).split("use one of: ")[1].split(", ")
+    assert "smoke" in listed and "clip_td-vqa" in listed
+    assert not {"demo", "demo-quick", "protocol-paper", "dide-pretrain-demo"} & set(listed)  # protocol / pretrain files
+    assert _error(lambda: preset_path("no-such-preset", ("pretrain",))).endswith("use one of: dide-pretrain-demo")

@@ -336,10 +336,30 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     return parse_config(raw, str(path), overrides)
 
 
-def preset_path(name: str) -> Path:
-    """The YAML file of a named preset shipped in ``configs/``."""
+def preset_kind(path: Path) -> str:
+    """What a YAML file of ``configs/`` is: ``"protocol"`` (top-level ``tasks`` and ``methods``: for
+    ``vldistill protocol`` / ``vldistill demo --spec``), ``"pretrain"`` (``data.captions``: for
+    ``vldistill pretrain``) or ``"experiment"`` (for ``train``, ``plan``, ``eval``, ``cache build``)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return "experiment"
+    if isinstance(raw, dict) and "tasks" in raw and "methods" in raw:
+        return "protocol"
+    if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "captions" in raw["data"]:
+        return "pretrain"
+    return "experiment"
+
+
+def preset_path(name: str, kinds: tuple[str, ...] = ("experiment",)) -> Path:
+    """The YAML file of a named preset shipped in ``configs/``.
+
+    Raises:
+        ConfigError: no such preset; the message lists the presets of ``kinds`` (protocol files are
+            not presets of ``train``: they are given to ``vldistill protocol`` as a file).
+    """
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))) or "none"
+        names = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if preset_kind(p) in kinds)) or "none"
         raise ConfigError(f"unknown preset '{name}'; fix: use one of: {names}")
     return path

@@ -56,8 +56,13 @@ def test_saved_metadata_and_missing_directory(tiny_sizes, tmp_path: Path) -> Non
     save_student(model, tmp_path / "s")
     meta = (tmp_path / "s" / STUDENT_FILE).read_text()
     assert '"kind": "fusion"' in meta and '"answers": [\n    "yes",\n    "no"\n  ]' in meta
-    with pytest.raises(ConfigError, match="written by save_student"):
+    with pytest.raises(ConfigError) as info:
         load_student(tmp_path / "nothing")
+    assert str(info.value) == (
+        f"{tmp_path / 'nothing'}: not a vldistill student folder (no {STUDENT_FILE}); fix: give a student that "
+        "vldistill trained (a run folder or its final/); to start from a Hugging Face checkpoint, train it "
+        f"first (vldistill train CONFIG --set student.pretrained={tmp_path / 'nothing'})"
+    )
 
 
 def _drop_weight(folder: Path, name: str) -> None:

@@ -32,7 +32,7 @@ def pretrain_command(
 
     if (config is None) == (preset is None):
         raise ConfigError("give a config file or --preset NAME (exactly one); fix: e.g. --preset dide-pretrain-demo")
-    cfg = load_pretrain_config(config if config is not None else preset_path(preset or ""), set_)
+    cfg = load_pretrain_config(config if config is not None else preset_path(preset or "", ("pretrain",)), set_)
     summary = pretrain_dual(cfg, out, resume=resume, overwrite=overwrite, show_progress=progress)
     if summary:
         last = summary["last_epoch"]

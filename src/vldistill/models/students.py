@@ -303,7 +303,11 @@ def load_student(directory: str | Path, *, task: str | None = None, max_text_len
     """
     meta_path = Path(directory) / STUDENT_FILE
     if not meta_path.is_file():
-        raise ConfigError(f"{meta_path}: not found; fix: give a directory written by save_student")
+        raise ConfigError(
+            f"{directory}: not a vldistill student folder (no {STUDENT_FILE}); fix: give a student that "
+            "vldistill trained (a run folder or its final/); to start from a Hugging Face checkpoint, "
+            f"train it first (vldistill train CONFIG --set student.pretrained={directory})"
+        )
     meta = json.loads(meta_path.read_text())
     if task is not None and meta["task"] != task:
         raise ConfigError(
