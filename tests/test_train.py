@@ -414,3 +414,20 @@ def test_eval_writes_official_results_that_score_reads_back(tmp_path, monkeypatc
     assert official["accuracy"]["overall"] == ours
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["eval"]["eval"]["vqa_accuracy"] == ours  # the training run's own evaluation agrees
+
+
+def test_a_run_refused_before_its_first_step_leaves_nothing_that_blocks_the_corrected_command(
+    tmp_path, monkeypatch, capsys
+):
+    """config.yaml is written before data and models are built; a refusal there (here: a data root that
+    does not exist) must not make the corrected command need --overwrite: nothing of a run is there."""
+    from reliability.corpus_files import assert_one_line_error, run_cli, write_config
+
+    run = tmp_path / "run"
+    wrong = write_config(tmp_path / "wrong.yaml", tiny_tree("snli_ve", data={"root": str(tmp_path / "nowhere")}))
+    refused = run_cli(["train", str(wrong), "--out", str(run), "--no-progress"], monkeypatch, capsys)
+    assert_one_line_error(refused, (str(tmp_path / "nowhere"),))
+    assert (run / "config.yaml").is_file()  # the refused run's config stays, for the user to read
+    right = write_config(tmp_path / "right.yaml", tiny_tree("snli_ve", train={"epochs": 1}))
+    assert run_cli(["train", str(right), "--out", str(run), "--no-progress"], monkeypatch, capsys).code == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == "world"

@@ -85,6 +85,16 @@ def _has_checkpoint(out_dir: Path) -> bool:
     return any(p.is_dir() for p in (out_dir / "checkpoints").glob(f"{ckpt.PREFIX}*"))
 
 
+def holds_work(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds something a run made that the user may want: a checkpoint, ``final/``,
+    ``summary.json`` or a logged step. A folder with only what a run writes before its first step
+    (``config.yaml``, ``subset.json``, empty logs: a run refused while building its data or models)
+    holds nothing to lose, so a corrected command may reuse it without ``--overwrite``."""
+    if _has_checkpoint(out_dir) or (out_dir / "final").exists() or (out_dir / "summary.json").exists():
+        return True
+    return bool(read_rows(out_dir / METRICS_FILE)) if (out_dir / METRICS_FILE).is_file() else False
+
+
 def check_reuse(
     out_dir: Path, tree: Mapping[str, Any], *, resume: bool, overwrite: bool, harmless: frozenset[str]
 ) -> dict[str, tuple[Any, Any]]:
@@ -100,7 +110,7 @@ def check_reuse(
         raise ConfigError("--resume continues the run in --out, --overwrite replaces it; fix: give one of them")
     if not resume:
         found = [name for name in RUN_ENTRIES if (out_dir / name).exists()]
-        if found and not overwrite:
+        if found and not overwrite and holds_work(out_dir):
             raise ConfigError(
                 f"{out_dir} already holds a run ({', '.join(found)}); fix: add --resume to continue it, "
                 "--overwrite to replace it, or choose another --out"
@@ -127,7 +137,7 @@ def prepare(out_dir: Path, tree: Mapping[str, Any], *, resume: bool, overwrite: 
     """Clear what must go (``overwrite``: the old run; a resume without checkpoint: stale logs); write config.yaml."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stale: tuple[str, ...] = ()
-    if overwrite:
+    if overwrite or (not resume and not holds_work(out_dir)):  # nothing there a run made: start clean
         stale = RUN_ENTRIES
     elif resume and not _has_checkpoint(out_dir):
         stale = ("tensorboard", METRICS_FILE)
