@@ -70,8 +70,20 @@ def test_score_vqa_bad_results_exit_2_with_one_line(
     assert done.value.code == 2
     assert capsys.readouterr().err == (
         f"error: {tmp_path / 'r.json'}: question_id 2: no answer for 1 of 2 questions; "
-        "fix: answer every question of the split (the official evaluation requires all of them)\n"
+        "fix: answer every question of the split (the official evaluation requires all of them), or add "
+        "--subset to score only the answered ones\n"
     )
+
+
+def test_score_vqa_subset_scores_only_the_answered_questions(vqa_files: list[str], tmp_path: Path) -> None:
+    """Predictions of part of a split (`vldistill eval` with data.max_eval): scored with --subset, and said so."""
+    (tmp_path / "r.json").write_text(json.dumps([{"question_id": 1, "answer": "2"}]))
+    out = tmp_path / "vqa.json"
+    result = runner.invoke(app, [*vqa_files, "--subset", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "VQA accuracy: 100.00 (number 100.00) on 1 of 2 questions (--subset)" in result.output
+    scores = json.loads(out.read_text())
+    assert scores["per_question"] == {"1": 100.0} and scores["subset"] == {"scored": 1, "annotated": 2}
 
 
 def test_score_snli_ve(tmp_path: Path) -> None:
@@ -153,5 +165,11 @@ def test_score_nlvr2_missing_prediction(tmp_path: Path) -> None:
     predictions = write_jsonl(tmp_path / "p.jsonl", [{"id": "dev-1-0-0", "prediction": "True"}])
     result = runner.invoke(app, ["score", "nlvr2", str(tmp_path / "nlvr2"), "--predictions", str(predictions)])
     assert str(result.exception) == (
-        f"{predictions}: id dev-1-1-0: no prediction for 2 of 3 gold examples; fix: predict every example of the split"
+        f"{predictions}: id dev-1-1-0: no prediction for 2 of 3 gold examples; fix: predict every example of the "
+        "split, or add --subset to score only the predicted ones"
     )
+    result = runner.invoke(
+        app, ["score", "nlvr2", str(tmp_path / "nlvr2"), "--predictions", str(predictions), "--subset"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "NLVR2 dev: accuracy 100.00, consistency 100.00 on 1 of 3 examples (--subset)" in result.output

@@ -23,6 +23,20 @@ console = make_console()
 Root = Annotated[Path, typer.Argument(help="dataset root, laid out as the publisher distributes it")]
 Predictions = Annotated[Path, typer.Option(help='predictions file: {"id": ..., "prediction": ...} per line')]
 Out = Annotated[Path | None, typer.Option(help="write the scores here as JSON")]
+Subset = Annotated[
+    bool,
+    typer.Option(
+        help="score only the examples that have a prediction (e.g. `vldistill eval` with data.max_eval); "
+        "not the split's official score"
+    ),
+]
+
+
+def _restrict(gold: dict, ids: set[str], subset: bool) -> tuple[dict, str]:
+    """The gold labels to score and what the printed line adds (``on N of M examples`` for a subset)."""
+    if not subset:
+        return gold, ""
+    return {k: v for k, v in gold.items() if k in ids}, f" on {len(ids)} of {len(gold)} examples (--subset)"
 
 
 def _read_records(task: str, root: Path, split: str) -> list:
@@ -47,14 +61,16 @@ def vqa(
     annotations: Annotated[Path, typer.Option(help="official annotations JSON")],
     results: Annotated[Path, typer.Option(help='results JSON: [{"question_id": int, "answer": str}, ...]')],
     out: Out = None,
+    subset: Subset = False,
 ) -> None:
     """VQA accuracy exactly as the official evaluation (overall, per question and answer type)."""
     from vldistill.metrics.vqa import load_and_evaluate
 
-    scores = load_and_evaluate(questions, annotations, results)
+    scores = load_and_evaluate(questions, annotations, results, subset=subset)
     accuracy = scores["accuracy"]
     per_type = ", ".join(f"{name} {value:.2f}" for name, value in accuracy["perAnswerType"].items())
-    _finish(scores, out, [f"VQA accuracy: {accuracy['overall']:.2f} ({per_type})"])
+    note = f" on {scores['subset']['scored']} of {scores['subset']['annotated']} questions (--subset)" if subset else ""
+    _finish(scores, out, [f"VQA accuracy: {accuracy['overall']:.2f} ({per_type}){note}"])
 
 
 @app.command("snli_ve")
@@ -63,6 +79,7 @@ def snli_ve(
     predictions: Predictions,
     split: Annotated[str, typer.Option(help="train, dev or test")] = "dev",
     out: Out = None,
+    subset: Subset = False,
 ) -> None:
     """SNLI-VE accuracy (predictions: pairID -> entailment / neutral / contradiction)."""
     from vldistill.metrics.classification import load_snli_ve_predictions, snli_ve_accuracy
@@ -70,9 +87,9 @@ def snli_ve(
     records = _read_records("snli_ve", root, split)
     gold = gold_labels(((r.pair_id, r.gold_label) for r in records), f"{root} ({split})")
     pred = load_snli_ve_predictions(predictions)
-    check_coverage(pred, gold, predictions)
+    gold, note = _restrict(gold, check_coverage(pred, gold, predictions, subset=subset), subset)
     scores = snli_ve_accuracy(gold, pred)
-    _finish(scores, out, [f"SNLI-VE {split} accuracy: {scores['accuracy']:.2f} ({len(gold)} pairs)"])
+    _finish(scores, out, [f"SNLI-VE {split} accuracy: {scores['accuracy']:.2f} ({len(gold)} pairs){note}"])
 
 
 @app.command("vcr")
@@ -81,6 +98,7 @@ def vcr(
     predictions: Predictions,
     split: Annotated[str, typer.Option(help="train or val")] = "val",
     out: Out = None,
+    subset: Subset = False,
 ) -> None:
     """VCR Q->A, QA->R and Q->AR (predictions: annot_id -> {"answer": i, "rationale": j})."""
     from vldistill.metrics.vcr import load_vcr_predictions, vcr_accuracy
@@ -89,9 +107,9 @@ def vcr(
     pairs = ((r.annot_id, None if r.answer_label is None else (r.answer_label, r.rationale_label)) for r in records)
     gold = gold_labels(pairs, f"{root} ({split})")
     pred = load_vcr_predictions(predictions)
-    check_coverage(pred, gold, predictions)
+    gold, note = _restrict(gold, check_coverage(pred, gold, predictions, subset=subset), subset)
     scores = vcr_accuracy(gold, pred)
-    line = f"VCR {split}: Q->A {scores['q2a']:.2f}, QA->R {scores['qa2r']:.2f}, Q->AR {scores['q2ar']:.2f}"
+    line = f"VCR {split}: Q->A {scores['q2a']:.2f}, QA->R {scores['qa2r']:.2f}, Q->AR {scores['q2ar']:.2f}{note}"
     _finish(scores, out, [line])
 
 
@@ -101,6 +119,7 @@ def nlvr2(
     predictions: Predictions,
     split: Annotated[str, typer.Option(help="train, dev, test1")] = "dev",
     out: Out = None,
+    subset: Subset = False,
 ) -> None:
     """NLVR2 accuracy and consistency (predictions: identifier -> "True" / "False")."""
     from vldistill.metrics.nlvr2 import load_nlvr2_predictions, nlvr2_scores
@@ -108,7 +127,7 @@ def nlvr2(
     records = _read_records("nlvr2", root, split)
     gold = gold_labels(((r.identifier, r.label) for r in records), f"{root} ({split})")
     pred = load_nlvr2_predictions(predictions)
-    check_coverage(pred, gold, predictions)
+    gold, note = _restrict(gold, check_coverage(pred, gold, predictions, subset=subset), subset)
     scores = nlvr2_scores(gold, pred)
-    line = f"NLVR2 {split}: accuracy {scores['accuracy']:.2f}, consistency {scores['consistency']:.2f}"
+    line = f"NLVR2 {split}: accuracy {scores['accuracy']:.2f}, consistency {scores['consistency']:.2f}{note}"
     _finish(scores, out, [line])

@@ -111,8 +111,18 @@ def gold_labels(pairs: Iterable[tuple[str, T | None]], source: str | Path) -> di
     return gold
 
 
-def check_coverage(predictions: Mapping[str, object], gold_ids: Iterable[str], path: str | Path) -> None:
-    """Require exactly one prediction per gold example: no missing and no unknown ids."""
+def check_coverage(
+    predictions: Mapping[str, object], gold_ids: Iterable[str], path: str | Path, *, subset: bool = False
+) -> set[str]:
+    """Require exactly one prediction per gold example: no missing and no unknown ids; returns the ids to score.
+
+    ``subset``: predictions of part of the split are allowed (``vldistill eval`` with ``data.max_eval``);
+    the returned ids are then those predicted, and the score is not the split's official score.
+
+    Raises:
+        DataError: a prediction for an id not in the split; a gold example without prediction (unless
+            ``subset``); no prediction at all.
+    """
     gold = set(gold_ids)
     unknown = [example_id for example_id in predictions if example_id not in gold]
     if unknown:
@@ -123,13 +133,18 @@ def check_coverage(predictions: Mapping[str, object], gold_ids: Iterable[str], p
             "predict the examples of the split being scored (check --split)",
         )
     missing = sorted(gold.difference(predictions))
+    if subset:
+        if not predictions:
+            raise DataError(path, None, "no predictions", "predict at least one example of the split")
+        return set(predictions)
     if missing:
         raise DataError(
             path,
             f"id {missing[0]}",
             f"no prediction for {len(missing)} of {len(gold)} gold examples",
-            "predict every example of the split",
+            "predict every example of the split, or add --subset to score only the predicted ones",
         )
+    return gold
 
 
 def require_same_ids(gold: Mapping[str, object], pred: Mapping[str, object]) -> None:

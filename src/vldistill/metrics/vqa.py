@@ -243,7 +243,9 @@ def _check_questions(questions: object, annotated: Mapping[int, object], path: s
         )
 
 
-def _index_results(results: object, annotated: Mapping[int, object], path: str) -> dict[int, str]:
+def _index_results(
+    results: object, annotated: Mapping[int, object], path: str, subset: bool = False
+) -> dict[int, str]:
     """question_id -> result answer; the results must answer every annotated question exactly once."""
     fix = 'write a JSON list of {"question_id": <int>, "answer": <str>}, one per question'
     if not isinstance(results, list):
@@ -268,12 +270,15 @@ def _index_results(results: object, annotated: Mapping[int, object], path: str) 
         first_at[qid] = position
         index[qid] = record["answer"]
     missing = [qid for qid in annotated if qid not in index]
-    if missing:
+    if subset and not index:
+        raise DataError(path, None, "no answers", "answer at least one question of the split")
+    if missing and not subset:
         raise DataError(
             path,
             f"question_id {missing[0]}",
             f"no answer for {len(missing)} of {len(annotated)} questions",
-            "answer every question of the split (the official evaluation requires all of them)",
+            "answer every question of the split (the official evaluation requires all of them), or add "
+            "--subset to score only the answered ones",
         )
     return index
 
@@ -286,11 +291,14 @@ def evaluate_vqa(
     questions_path: str | Path | None = None,
     annotations_path: str | Path | None = None,
     results_path: str | Path | None = None,
+    subset: bool = False,
 ) -> dict:
     """Score official VQA results against the official questions and annotations (parsed JSON objects).
 
-    Every annotated question is scored and must be answered exactly once. The paths only name files in
-    errors. Returns, in percent rounded to 2 decimals::
+    Every annotated question is scored and must be answered exactly once (as the official
+    evaluation requires); with ``subset`` only the answered questions are scored (predictions of part
+    of a split: not the split's official score) and ``"subset": {"scored": n, "annotated": N}`` is
+    added. The paths only name files in errors. Returns, in percent rounded to 2 decimals::
 
         {"accuracy": {"overall": x, "perQuestionType": {type: x}, "perAnswerType": {type: x}},
          "per_question": {"<question_id>": x}}
@@ -300,14 +308,20 @@ def evaluate_vqa(
     r_path = str(results_path or "<results>")
     annotated = _index_annotations(annotations, a_path)
     _check_questions(questions, annotated, q_path, a_path)
-    answers = _index_results(results, annotated, r_path)
+    answers = _index_results(results, annotated, r_path, subset)
+    total = len(annotated)
+    if subset:
+        annotated = {qid: ann for qid, ann in annotated.items() if qid in answers}
 
     accs = {qid: question_accuracy(answers[qid], ann["answers"]) for qid, ann in annotated.items()}
     types = [(ann["question_type"], ann["answer_type"]) for ann in annotated.values()]
-    return {
+    scores = {
         "accuracy": accuracy_by_type(list(accs.values()), types),
         "per_question": {str(qid): round2(100 * acc) for qid, acc in accs.items()},
     }
+    if subset:
+        scores["subset"] = {"scored": len(accs), "annotated": total}
+    return scores
 
 
 def accuracy_by_type(accs: Sequence[float], types: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -329,8 +343,10 @@ def accuracy_by_type(accs: Sequence[float], types: Sequence[tuple[str, str]]) ->
     }
 
 
-def load_and_evaluate(questions_path: str | Path, annotations_path: str | Path, results_path: str | Path) -> dict:
-    """Read the three official JSON files and :func:`evaluate_vqa` them."""
+def load_and_evaluate(
+    questions_path: str | Path, annotations_path: str | Path, results_path: str | Path, *, subset: bool = False
+) -> dict:
+    """Read the three official JSON files and :func:`evaluate_vqa` them (``subset``: see there)."""
     return evaluate_vqa(
         read_json(questions_path, "questions"),
         read_json(annotations_path, "annotations"),
@@ -338,4 +354,5 @@ def load_and_evaluate(questions_path: str | Path, annotations_path: str | Path, 
         questions_path=questions_path,
         annotations_path=annotations_path,
         results_path=results_path,
+        subset=subset,
     )
