@@ -72,6 +72,10 @@ def _one_thread() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
+    from vldistill.training.interrupt import die_with_parent
+
+    die_with_parent()  # a demo killed outright does not leave its pre-training behind
+
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()  # as the command line does in its own process
 

@@ -15,7 +15,8 @@ where it stopped (finished runs are skipped, unfinished ones resume from their l
 A run that fails stops the protocol: no new run starts, the runs in flight finish (their rows are
 kept), then the failed run's own error is raised (one line for a ``VldistillError``). Ctrl-C stops the
 runs in flight at their next step (each saves a checkpoint; one still setting up just stops; idle
-workers ignore it) and ends the protocol with ``KeyboardInterrupt`` (exit status 130).
+workers ignore it) and ends the protocol with ``KeyboardInterrupt`` (exit status 130). Workers die with
+this process if it is killed outright (SIGKILL: :func:`~vldistill.training.interrupt.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from vldistill.protocol.runner import (
     run_reference,
     run_references,
 )
-from vldistill.training.interrupt import ignore_stop_signals
+from vldistill.training.interrupt import worker_init
 
 if TYPE_CHECKING:
     from vldistill.config import ExperimentConfig
@@ -213,7 +214,7 @@ def _run_in_processes(matrix: Matrix, spec: ProtocolConfig, out: Path, jobs: int
     running: dict[Future, RunCell] = {}
     failure: BaseException | None = None
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=ignore_stop_signals) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=worker_init) as pool:
         try:
             while True:
                 starting = matrix.ready()[: jobs - len(running)] if failure is None else []

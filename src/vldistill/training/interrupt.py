@@ -110,6 +110,39 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def die_with_parent() -> None:
+    """Ask the kernel to end this process with SIGTERM when its parent process dies (Linux only).
+
+    For worker processes (a protocol's ``--jobs`` pool): a parent killed with SIGKILL (the OOM killer, a
+    scheduler's hard kill) cannot stop its workers, which would otherwise train on as orphans, holding
+    the cores and writing into run folders nobody reads. ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` (man 2
+    prctl); if the parent died before the call (re-parented already), the process ends at once. A
+    worker's SIGTERM must keep its default action (see :func:`ignore_stop_signals`): it dies without
+    saving, its run resumes from its last periodic checkpoint when the protocol is run again.
+    Elsewhere (not Linux, no libc) it does nothing.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG (linux/prctl.h)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died between fork and prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_init(_worker_id: int = 0) -> None:
+    """Initializer of a protocol's worker processes: :func:`ignore_stop_signals` and :func:`die_with_parent`."""
+    ignore_stop_signals()
+    die_with_parent()
+
+
 class StopSignals:
     """Records SIGINT / SIGTERM while active (a context manager); restores the previous handlers on exit.
 
