@@ -228,7 +228,7 @@ def pretrain_dual(
     if tc.threads:
         torch.set_num_threads(tc.threads)
     out_dir = Path(out_dir)
-    accelerator = make_accelerator(tc.mixed_precision, out_dir)
+    accelerator = make_accelerator(tc.mixed_precision, out_dir, command="pretrain")  # FSDP refused
     run = RunFolder(
         accelerator,
         out_dir,

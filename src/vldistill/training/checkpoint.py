@@ -3,7 +3,8 @@
 A checkpoint is a folder ``checkpoints/step-<N>/`` holding ``weights.safetensors`` (student and
 projections), ``state.pt`` (optimizer, scheduler, RNG states, data position; tensors and plain
 containers only, read back with ``torch.load(weights_only=True)``) and ``COMPLETE.json`` with the
-sha256 of each file. It is written under a temporary name and renamed into place, so a run killed at
+sha256 of each file. Tensors are whole even when the run shards them with FSDP (gathered by
+:mod:`vldistill.training.sharding`). It is written under a temporary name and renamed into place, so a run killed at
 any moment leaves either a whole checkpoint or none; a partial or corrupt one is detected by its
 hashes, skipped with a message, and the previous good one is used.
 """
@@ -15,15 +16,14 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from pickle import UnpicklingError
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 PREFIX = "step-"
 
@@ -54,13 +54,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _weights(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+def _weights(states: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     # Clone so that tied parameters (shared storage) are written as independent tensors.
-    return {
-        f"{name}.{k}": v.detach().cpu().contiguous().clone()
-        for name, m in modules.items()
-        for k, v in m.state_dict().items()
-    }
+    return {f"{name}.{k}": v.detach().cpu().contiguous().clone() for name, sd in states.items() for k, v in sd.items()}
 
 
 def _remove(path: Path) -> None:
@@ -78,21 +74,22 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 def save_checkpoint(
     root: Path,
     step: int,
-    modules: dict[str, nn.Module],
+    weights: Mapping[str, Mapping[str, torch.Tensor]],
     state: dict[str, Any],
     keep: int = 2,
     before_publish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``root/step-<step>`` atomically and keep the newest ``keep`` checkpoints.
 
-    ``before_publish`` (tests) is called with the temporary folder just before the rename.
+    ``weights`` maps a module's name to its state dict (whole tensors); they are written as
+    ``<name>.<key>``. ``before_publish`` (tests) is called with the temporary folder just before the rename.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(root, step)
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_weights(modules), str(tmp / "weights.safetensors"))
+    save_file(_weights(weights), str(tmp / "weights.safetensors"))
     torch.save(state, tmp / "state.pt")
     files = {name: _sha256(tmp / name) for name in ("weights.safetensors", "state.pt")}
     (tmp / "COMPLETE.json").write_text(json.dumps({"step": step, "sha256": files}, indent=1))
@@ -134,10 +131,11 @@ class LoadedCheckpoint:
     step: int
     state: dict[str, Any]
     skipped: list[str]
+    weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # module name -> its state dict
 
 
-def load_latest(root: Path, modules: dict[str, nn.Module]) -> LoadedCheckpoint | None:
-    """Load the newest whole checkpoint under ``root`` into ``modules``; ``None`` if there is none.
+def load_latest(root: Path, names: Iterable[str]) -> LoadedCheckpoint | None:
+    """Read the newest whole checkpoint under ``root``: the state dicts of the modules ``names``; ``None`` if none.
 
     Corrupt or partial checkpoints are skipped; ``skipped`` says which and why.
     """
@@ -153,10 +151,8 @@ def load_latest(root: Path, modules: dict[str, nn.Module]) -> LoadedCheckpoint |
             skipped.append(f"{path.name}: state.pt cannot be loaded safely ({str(err).splitlines()[0][:120]})")
             continue
         weights = load_file(str(path / "weights.safetensors"))
-        for name, module in modules.items():
-            sub = {k[len(name) + 1 :]: v for k, v in weights.items() if k.startswith(name + ".")}
-            module.load_state_dict(sub)
-        return LoadedCheckpoint(path, int(path.name[len(PREFIX) :]), state, skipped)
+        split = {n: {k[len(n) + 1 :]: v for k, v in weights.items() if k.startswith(n + ".")} for n in names}
+        return LoadedCheckpoint(path, int(path.name[len(PREFIX) :]), state, skipped, split)
     if skipped:
         return LoadedCheckpoint(root, -1, {}, skipped)
     return None

@@ -19,6 +19,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
 from vldistill.errors import VldistillError
+from vldistill.training.sharding import check_launch
 
 
 class NumericsError(VldistillError):
@@ -63,13 +64,17 @@ def build_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=tc.lr, fused=True)
 
 
-def make_accelerator(mixed_precision: str, out_dir: Path) -> Accelerator:
+def make_accelerator(mixed_precision: str, out_dir: Path, *, fsdp: bool = False, command: str = "train") -> Accelerator:
     """The accelerator of a run: TensorBoard under ``out_dir/tensorboard``, the global batch split across processes.
 
     Gradient accumulation is ours (:class:`AccumulationPlan`), not accelerate's: accelerate divides
     every micro-batch's loss by the configured number of steps, also in an epoch's last, shorter window.
+    ``fsdp``: whether ``command``'s loop supports an FSDP launch (:mod:`vldistill.training.sharding`).
+
+    Raises:
+        ConfigError: an FSDP launch this run cannot honour (:func:`vldistill.training.sharding.check_launch`).
     """
-    return Accelerator(
+    accelerator = Accelerator(
         # Without a GPU, cpu=True is what makes accelerate run several torchrun processes as DDP over
         # gloo (MULTI_CPU); otherwise each process would silently train alone.
         cpu=not torch.cuda.is_available(),
@@ -79,6 +84,8 @@ def make_accelerator(mixed_precision: str, out_dir: Path) -> Accelerator:
         log_with="tensorboard",
         project_dir=str(out_dir),
     )
+    check_launch(accelerator, supported=fsdp, command=command)
+    return accelerator
 
 
 def declare_unused_parameters(accelerator: Accelerator, model: nn.Module, loss: Callable[[], torch.Tensor]) -> None:

@@ -55,11 +55,13 @@ class ModelSelection(nn.Module):
         every = self.eval_every is not None and step % self.eval_every == 0
         return self.has_dev and (every or step == last_step)
 
-    def update(self, step: int, score: float, student: nn.Module) -> bool:
+    def update(self, step: int, score: float, student: nn.Module | None) -> bool:
         """Record the dev ``score`` of ``student`` after ``step``; returns whether its weights are now the selected.
 
         With ``eval_every``: an improvement is a score strictly above the best so far (its weights are
-        copied); without: every evaluation is the selected one (the last weights).
+        copied); without: every evaluation is the selected one (the last weights). ``student`` is ``None``
+        on the processes of an FSDP run other than the main one (they hold shards only; the copy that
+        counts, saved in checkpoints and restored at the end, is the main process's).
         """
         self.evaluations += 1
         improved = self.best is None or score > float(self.best_score)
@@ -67,7 +69,7 @@ class ModelSelection(nn.Module):
             self.best_score.fill_(score)
             self.best_step.fill_(step)
             self.since_best.zero_()
-            if self.best is not None:
+            if self.best is not None and student is not None:
                 self.best.load_state_dict(student.state_dict())
         else:
             self.since_best += 1

@@ -44,6 +44,7 @@ from torch import nn
 
 from vldistill.errors import ConfigError
 from vldistill.training import checkpoint as ckpt
+from vldistill.training import sharding
 from vldistill.training.engine import NumericsError
 from vldistill.training.interrupt import Interrupted, StopSignals
 
@@ -213,14 +214,20 @@ class RunFolder:
         self.accelerator.end_training()
 
     def restore(self, modules: dict[str, nn.Module], optimizer: Any, scheduler: Any) -> Position:
-        """Load the newest whole checkpoint (when resuming) and start the trackers; returns the position."""
+        """Load the newest whole checkpoint (when resuming) and start the trackers; returns the position.
+
+        ``modules["model"]`` is the prepared model (the optimizer's parameters); under FSDP the whole
+        tensors of the checkpoint are sharded as they load (:mod:`vldistill.training.sharding`).
+        """
         self._state = (modules, optimizer, scheduler)
         pos = Position()
         loaded = ckpt.load_latest(self.checkpoints, modules) if self.resume else None
         for message in loaded.skipped if loaded else []:
             self.accelerator.print(f"warning: skipped checkpoint {message}; using the previous good one")
         if loaded is not None and loaded.step >= 0:
-            optimizer.load_state_dict(loaded.state["optimizer"])
+            for name, module in modules.items():
+                sharding.load_full_state_dict(module, loaded.weights[name])
+            sharding.load_optimizer_state_dict(modules["model"], optimizer, loaded.state["optimizer"])
             scheduler.load_state_dict(loaded.state["scheduler"])
             ckpt.set_rng_state(loaded.state["rng"])
             pos = Position(**{k: loaded.state["position"][k] for k in ("epoch", "batch", "step")})
@@ -239,14 +246,17 @@ class RunFolder:
         """A checkpoint of the modules, optimizer, scheduler, RNG states and ``pos`` (the main process writes)."""
         assert self._state is not None, "restore() first"
         modules, optimizer, scheduler = self._state
+        # Every process takes part: under FSDP, gathering the whole weights and optimizer state is a collective.
+        weights = {name: sharding.full_state_dict(self.accelerator, m) for name, m in modules.items()}
+        optimizer_state = sharding.optimizer_state_dict(self.accelerator, modules["model"], optimizer)
         if self.accelerator.is_main_process:
             state = {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "rng": ckpt.rng_state(),
                 "position": {"epoch": pos.epoch, "batch": pos.batch, "step": pos.step},
             }
-            ckpt.save_checkpoint(self.checkpoints, pos.step, modules, state, keep=self.keep)
+            ckpt.save_checkpoint(self.checkpoints, pos.step, weights, state, keep=self.keep)
         self._saved_at = pos.step
         self.accelerator.wait_for_everyone()
 

@@ -1,11 +1,12 @@
 """The training loop on accelerate: build -> loop -> evaluate -> checkpoint; resumable.
 
 ``train(cfg, out_dir)`` is what ``vldistill train`` and the protocol call. The same code runs on one
-CPU, one GPU, or many processes under ``accelerate launch`` / ``torchrun`` (DDP; FSDP or DeepSpeed
-through accelerate's own config). The global batch is ``train.batch_size`` whatever the number of
-processes (accelerate splits each batch), so a run matches itself across process counts; with
-``train.grad_accum`` a step takes the update of a batch ``grad_accum`` times larger, the epoch's
-last, shorter window included (:class:`~vldistill.training.engine.AccumulationPlan`).
+CPU, one GPU, or many processes under ``accelerate launch`` / ``torchrun`` (DDP; FSDP2 on GPUs through
+accelerate's own config, ``configs/accelerate/fsdp.yaml``: :mod:`vldistill.training.sharding`). The
+global batch is ``train.batch_size`` whatever the number of processes (accelerate splits each batch),
+so a run matches itself across process counts; with ``train.grad_accum`` a step takes the update of a
+batch ``grad_accum`` times larger, the epoch's last, shorter window included
+(:class:`~vldistill.training.engine.AccumulationPlan`).
 
 The run folder (``config.yaml``, checkpoints, ``metrics.jsonl``, TensorBoard, the rules for reusing
 a folder, Ctrl-C and SIGTERM) is :mod:`vldistill.training.run_folder`; which weights the run keeps (the best on
@@ -47,6 +48,7 @@ from vldistill.training.interrupt import ignore_stop_signals
 from vldistill.training.model_selection import ModelSelection
 from vldistill.training.progress import TrainProgress
 from vldistill.training.run_folder import Position, RunFolder
+from vldistill.training.sharding import MainStudent
 
 __all__ = ["HARMLESS_CHANGES", "EpochSampler", "NumericsError", "build_optimizer", "train"]
 
@@ -176,7 +178,7 @@ def train(
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    accelerator = make_accelerator(tc.mixed_precision, out_dir)
+    accelerator = make_accelerator(tc.mixed_precision, out_dir, fsdp=True)
     main = accelerator.is_main_process
     run = RunFolder(
         accelerator,
@@ -243,9 +245,11 @@ def train(
     selection = ModelSelection(
         built.student, eval_every=tc.eval_every, patience=tc.early_stopping, has_dev=data.dev is not None
     )
+    # What the main process evaluates, selects and saves: the student itself, or under FSDP (which
+    # shards it in prepare) an unsharded replica that every process refreshes together: main_student(model).
+    main_student = MainStudent(accelerator, built.student, prefix="student.")
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     pos = run.restore({"model": accelerator.unwrap_model(model), "selection": selection}, optimizer, scheduler)
-    student = accelerator.unwrap_model(model).student
     metric = PRIMARY_METRIC[data.task]
 
     progress = TrainProgress(enabled=show_progress and main, total=last_step, completed=pos.step, epoch=pos.epoch)
@@ -277,6 +281,7 @@ def train(
                 step_loss = sum(window.values())
                 progress.advance(step_loss, pos.epoch)
                 if data.dev is not None and selection.due(pos.step, last_step):
+                    student = main_student(model)
                     dev, best = select_on_dev(selection, accelerator, evaluate, student, data.dev, pos)
                     row = {"kind": "dev", "step": pos.step, "epoch": pos.epoch + 1, "dev": dev, "best": best}
                     run.log_row(pos.step, row, {f"dev/{m}": v for m, v in dev.items()})
@@ -287,11 +292,13 @@ def train(
                     break
             pos.epoch, pos.batch = pos.epoch + 1, 0
             evaluation: dict[str, dict[str, float]] = {}
-            if main and tc.eval_each_epoch and data.dev is None and pos.step < last_step:
-                evaluation = evaluate(student, data.evals, controls=False)
-                progress.note(
-                    f"epoch {pos.epoch}: " + ", ".join(f"{s} {metric} {ms[metric]}" for s, ms in evaluation.items())
-                )
+            if tc.eval_each_epoch and data.dev is None and pos.step < last_step:
+                student = main_student(model)  # every process (a collective under FSDP); the main one evaluates
+                if main:
+                    evaluation = evaluate(student, data.evals, controls=False)
+                    progress.note(
+                        f"epoch {pos.epoch}: " + ", ".join(f"{s} {metric} {ms[metric]}" for s, ms in evaluation.items())
+                    )
             row = {
                 "epoch": pos.epoch,
                 "step": pos.step,
@@ -300,6 +307,7 @@ def train(
                 "seconds": round(time.perf_counter() - t0, 2),
             }
             run.end_epoch(pos, row, {f"{s}/{m}": v for s, ms in evaluation.items() for m, v in ms.items()})
+        student = main_student(model)  # a collective under FSDP: before leaving `run` ends the process group
     summary: dict[str, Any] = {}
     if main:
         selection.restore_best(student)
