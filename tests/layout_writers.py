@@ -1,4 +1,5 @@
-"""Write a split of the generated world (official layout) again in the two other layouts vldistill reads.
+"""Write a split of the generated world (official layout) again in the two other layouts vldistill reads
+(and run the command line in-process on them: :func:`run_cli`).
 
 - ``write_vilt_arrow``: ViLT's / DiDE's Arrow IPC files, the columns their ``write_vqa.py``,
   ``write_snli_ve.py`` and ``write_nlvr2.py`` produce (one row per image, lists of texts and labels, the
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,19 @@ import pyarrow as pa
 
 from vldistill.data.readers import nlvr2, snli_ve, vqa
 from vldistill.metrics.vqa import normalize_answer
+
+
+def run_cli(monkeypatch, *args: str) -> int:
+    """``vldistill ARGS`` in this process (``monkeypatch`` sets ``sys.argv``): its exit status, 0 when it returns."""
+    from vldistill.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vldistill", *args])
+    try:
+        main()
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
 
 VILT_SPLITS = {"val2014": "val", "train2014": "train"}
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import yaml
-from layout_writers import hf_rows, write_hf
+from layout_writers import hf_rows, run_cli, write_hf
 from tiny_configs import tiny_tree
 
-from vldistill.cli import main
 from vldistill.config import parse_config
 from vldistill.data.check import DatasetDefects, check_dataset
 from vldistill.data.images import StoredImage, image_bytes
@@ -24,15 +22,6 @@ from vldistill.data.readers import DataLayout, read_task
 from vldistill.errors import ConfigError
 
 SNLI_COLUMNS = {"hypothesis": "hypothesis_text"}
-
-
-def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["vldistill", *args])
-    try:
-        main()
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,11 +74,13 @@ def test_records_equal_the_official_layouts(caption_world, hf_roots, task: str, 
 def test_data_check_maps_columns_and_names_a_missing_one(hf_roots, monkeypatch, capsys) -> None:
     root = str(hf_roots["snli_ve"])
     assert (
-        _cli(monkeypatch, "data", "check", "snli_ve", root, "--split", "dev", "--column", "hypothesis=hypothesis_text")
+        run_cli(
+            monkeypatch, "data", "check", "snli_ve", root, "--split", "dev", "--column", "hypothesis=hypothesis_text"
+        )
         == 0
     )
     assert "records: 14" in capsys.readouterr().out
-    assert _cli(monkeypatch, "data", "check", "snli_ve", root, "--split", "dev") == 2
+    assert run_cli(monkeypatch, "data", "check", "snli_ve", root, "--split", "dev") == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {hf_roots['snli_ve']}/data/validation-00000-of-00001")
     assert "missing column 'sentence2' for field 'hypothesis'" in lines[0] and "data.columns.hypothesis" in lines[0]
@@ -113,7 +104,7 @@ def test_an_undecodable_image_is_named_by_file_and_row(caption_world, tmp_path: 
     identifier = columns["identifier"][1]
     assert line.startswith(f"{tmp_path / 'dev'} (row 1, column 'left_image'): image of identifier {identifier}: ")
     assert "image cannot be read (no image format PIL knows starts these bytes)" in line
-    assert _cli(monkeypatch, "data", "check", "nlvr2", str(tmp_path), "--split", "dev") == 2
+    assert run_cli(monkeypatch, "data", "check", "nlvr2", str(tmp_path), "--split", "dev") == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
 
 
@@ -121,7 +112,7 @@ def test_a_truncated_arrow_shard_is_one_line(hf_roots, tmp_path: Path, monkeypat
     shutil.copytree(hf_roots["nlvr2"], tmp_path / "nlvr2")
     (shard,) = (tmp_path / "nlvr2" / "dev").glob("data-*.arrow")
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    assert _cli(monkeypatch, "data", "check", "nlvr2", str(tmp_path / "nlvr2"), "--split", "dev") == 2
+    assert run_cli(monkeypatch, "data", "check", "nlvr2", str(tmp_path / "nlvr2"), "--split", "dev") == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"error: {tmp_path / 'nlvr2' / 'dev'}: cannot open the datasets folder (")
     assert line.endswith("fix: write it again with Dataset.save_to_disk")
@@ -133,7 +124,7 @@ def test_a_vqa_split_in_datasets_layout_trains(hf_roots, tmp_path: Path, monkeyp
     )
     config = tmp_path / "hf.yaml"
     config.write_text(yaml.safe_dump(tree))
-    assert _cli(monkeypatch, "train", str(config), "--out", str(tmp_path / "run"), "--no-progress") == 0
+    assert run_cli(monkeypatch, "train", str(config), "--out", str(tmp_path / "run"), "--no-progress") == 0
     summary = yaml.safe_load((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and 0 <= summary["eval"]["eval"]["vqa_accuracy"] <= 100
     assert {k.split("/")[1] for k in summary["eval"]["eval"] if "/" in k} >= {"answer_type", "question_type"}

@@ -7,16 +7,14 @@ the row, and a VQA v2 root in this layout passes ``data check`` and trains.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import yaml
-from layout_writers import write_vilt_nlvr2, write_vilt_snli_ve, write_vilt_vqa
+from layout_writers import run_cli, write_vilt_nlvr2, write_vilt_snli_ve, write_vilt_vqa
 from tiny_configs import tiny_tree
 
-from vldistill.cli import main
 from vldistill.data.check import DatasetDefects, check_dataset
 from vldistill.data.images import StoredImage, image_bytes
 from vldistill.data.loader import ImageReadError, decode_image
@@ -24,16 +22,6 @@ from vldistill.data.readers import read_task
 from vldistill.data.records import VQARecord
 from vldistill.data.tasks import ExampleBuilder
 from vldistill.metrics.vqa import question_accuracy
-
-
-def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    """``vldistill ARGS`` in this process: its exit status (0 when it returns)."""
-    monkeypatch.setattr(sys, "argv", ["vldistill", *args])
-    try:
-        main()
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +95,7 @@ def test_records_are_read_memory_mapped_and_images_one_cell_at_a_time(vilt_root:
 def test_data_check_counts_a_vqa_split_given_by_vilt_name(vilt_root: Path, monkeypatch, capsys) -> None:
     counts = check_dataset("vqa", vilt_root, "val")
     assert (counts["records"], counts["images"], counts["answers"]) == (28, 28, 280)
-    assert _cli(monkeypatch, "data", "check", "vqa", str(vilt_root), "--split", "val", "--format", "vilt_arrow") == 0
+    assert run_cli(monkeypatch, "data", "check", "vqa", str(vilt_root), "--split", "val", "--format", "vilt_arrow") == 0
     assert "records: 28" in capsys.readouterr().out
 
 
@@ -132,7 +120,7 @@ def test_a_truncated_file_is_one_line_and_exit_2(nlvr2_copy: Path, monkeypatch, 
     path = nlvr2_copy / "nlvr2_dev.arrow"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     data_error(lambda: read_task("nlvr2", nlvr2_copy, "dev"), file=path.name, record=None, problem="truncated?")
-    assert _cli(monkeypatch, "data", "check", "nlvr2", str(nlvr2_copy), "--split", "dev") == 2
+    assert run_cli(monkeypatch, "data", "check", "nlvr2", str(nlvr2_copy), "--split", "dev") == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {path}: not a complete Arrow IPC file")
 
@@ -161,7 +149,7 @@ def test_undecodable_and_empty_images_are_named_by_row(nlvr2_copy: Path, monkeyp
     records = read_task("nlvr2", nlvr2_copy, "dev", skip_bad=True)
     with pytest.raises(ImageReadError, match=r"row 1, column 'image_1'\): cannot read image"):
         decode_image(records[1].right_image)
-    assert _cli(monkeypatch, "data", "check", "nlvr2", str(nlvr2_copy), "--split", "dev") == 2
+    assert run_cli(monkeypatch, "data", "check", "nlvr2", str(nlvr2_copy), "--split", "dev") == 2
     assert len(capsys.readouterr().err.splitlines()) == 2
 
 
@@ -181,7 +169,7 @@ def test_a_vqa_split_in_vilt_layout_trains(vilt_root: Path, tmp_path: Path, monk
     tree = tiny_tree("vqa", data={"root": str(vilt_root), "max_train": 16, "max_eval": 8})
     config = tmp_path / "vilt.yaml"
     config.write_text(yaml.safe_dump(tree))
-    assert _cli(monkeypatch, "train", str(config), "--out", str(tmp_path / "run"), "--no-progress") == 0
+    assert run_cli(monkeypatch, "train", str(config), "--out", str(tmp_path / "run"), "--no-progress") == 0
     summary = yaml.safe_load((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 2 and 0 <= summary["eval"]["eval"]["vqa_accuracy"] <= 100
     assert not [k for k in summary["eval"]["eval"] if k.endswith("/")]  # no types in the file: no nameless groups

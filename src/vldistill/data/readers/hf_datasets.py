@@ -34,6 +34,7 @@ from typing import Any
 from vldistill.data.images import STORE_FIX, StoredImage, TableSource, open_table
 from vldistill.data.readers.jsonio import Fields, SkippedRecords, collect_records, labels_optional
 from vldistill.data.readers.layout import split_candidates
+from vldistill.data.readers.nlvr2 import LABELS as NLVR2_LABELS
 from vldistill.data.readers.vqa import annotator_answers
 from vldistill.data.records import VE_LABELS, NLVR2Record, Record, SNLIVERecord, VQAAnswer, VQARecord
 from vldistill.errors import ConfigError, DataError
@@ -74,7 +75,6 @@ OPTIONAL = {
 }
 LABEL_FIELDS = {"vqa": "answers", "snli_ve": "label", "nlvr2": "label"}  # optional on test splits
 IMAGE_FIELDS = {"vqa": ("image",), "snli_ve": ("image",), "nlvr2": ("left_image", "right_image")}
-NLVR2_LABELS = {"True": True, "False": False}
 
 
 def check_columns(task: str, columns: Mapping[str, str]) -> None:

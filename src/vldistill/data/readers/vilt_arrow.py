@@ -50,6 +50,7 @@ from typing import Any
 from vldistill.data.images import StoredImage, TableSource, open_table
 from vldistill.data.readers.jsonio import Fields, SkippedRecords, collect_records, labels_optional
 from vldistill.data.readers.layout import split_candidates
+from vldistill.data.readers.nlvr2 import LABELS as NLVR2_LABELS
 from vldistill.data.records import VE_LABELS, NLVR2Record, Record, SNLIVERecord, VQAAnswer, VQARecord
 from vldistill.errors import DataError
 
@@ -67,7 +68,6 @@ WRITERS = {
     "nlvr2": "ViLT's vilt/utils/write_nlvr2.py",
 }
 ANNOTATORS = 10
-NLVR2_LABELS = {"True": True, "False": False}
 
 
 def arrow_path(task: str, root: Path, split: str) -> Path | None:
