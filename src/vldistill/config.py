@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vldistill.data.readers.layout import DataLayout
 from vldistill.data.tasks import VE_PROMPTS, VQA_PROMPT
 from vldistill.distill.config import MethodConfig
 from vldistill.errors import ConfigError
@@ -45,7 +46,11 @@ class DataConfig(_Strict):
     """Which data to train and evaluate on.
 
     ``root: world`` uses the generated world (rendered in ``style``), created on first use under the
-    cache folder; any other value is a dataset root laid out as its publisher distributes it.
+    cache folder; any other value is a dataset root laid out as its publisher distributes it, as ViLT's
+    and DiDE's Arrow files, or as a Hugging Face ``datasets`` split (``save_to_disk`` folder or Parquet).
+    ``format`` names which (``official``, ``vilt_arrow``, ``hf_datasets``; ``auto``, the default, tells
+    them apart by the files); ``columns`` maps a ``datasets`` split's columns to the task's fields
+    (:mod:`vldistill.data.readers.hf_datasets`, e.g. ``{hypothesis: text}``).
     ``shift_root`` adds a domain-shifted evaluation (``world:shifted`` for the world's other style).
     ``world_scale`` multiplies the world's sizes and ``world_seed`` draws another world (0: the default).
 
@@ -66,6 +71,8 @@ class DataConfig(_Strict):
 
     task: Literal["vqa", "snli_ve", "vcr", "nlvr2"]
     root: str = "world"
+    format: Literal["auto", "official", "vilt_arrow", "hf_datasets"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)
     style: Literal["base", "shifted"] = "base"
     world_scale: float = Field(1.0, gt=0)
     world_seed: int = Field(0, ge=0, lt=2**32)
@@ -107,6 +114,19 @@ class DataConfig(_Strict):
         if "A" not in text:
             raise ValueError(f"prompt {prompt!r} must contain {{answer}}")
         return prompt
+
+    @model_validator(mode="after")
+    def _columns_are_fields(self) -> DataConfig:
+        from vldistill.data.readers.hf_datasets import check_columns
+
+        self.layout()  # a ConfigError for columns with a format that has none
+        if self.columns:
+            check_columns(self.task, self.columns)
+        return self
+
+    def layout(self) -> DataLayout:
+        """How the readers read ``root`` (and ``shift_root``): ``format`` and ``columns``."""
+        return DataLayout(self.format, dict(self.columns))
 
     def splits(self) -> tuple[str, str]:
         train, evaluation = DEFAULT_SPLITS[self.task]

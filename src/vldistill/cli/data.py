@@ -10,7 +10,8 @@ import typer
 from vldistill.console import make_console
 
 app = typer.Typer(
-    help="Validate datasets in their official layouts; generate the embedded world.", no_args_is_help=True
+    help="Validate datasets (official layouts, ViLT Arrow files, Hugging Face datasets); generate the embedded world.",
+    no_args_is_help=True,
 )
 console = make_console()
 
@@ -18,14 +19,28 @@ console = make_console()
 @app.command("check")
 def check(
     task: Annotated[str, typer.Argument(help="vqa, snli_ve, vcr or nlvr2")],
-    root: Annotated[Path, typer.Argument(help="dataset root, laid out as the publisher distributes it")],
+    root: Annotated[Path, typer.Argument(help="dataset root: official layout, ViLT Arrow files or datasets")],
     split: Annotated[str, typer.Option(help="split name, e.g. train2014 (vqa), train, dev, val")] = "train",
     show: Annotated[int, typer.Option(help="print at most this many defects, then count the rest", min=1)] = 20,
+    data_format: Annotated[
+        str, typer.Option("--format", help="auto (from the files), official, vilt_arrow or hf_datasets")
+    ] = "auto",
+    column: Annotated[
+        list[str] | None, typer.Option(help="hf_datasets: FIELD=COLUMN, the column of a field (repeatable)")
+    ] = None,
 ) -> None:
     """Validate a dataset: print its counts, or exit 2 with one line per defect (file, record, fix)."""
     from vldistill.data.check import check_dataset
+    from vldistill.data.readers import DataLayout
+    from vldistill.errors import ConfigError
 
-    counts = check_dataset(task, root, split, shown=show)
+    columns: dict[str, str] = {}
+    for item in column or []:
+        field, sep, name = item.partition("=")
+        if not sep or not field or not name:
+            raise ConfigError(f"--column {item!r} is not FIELD=COLUMN; fix: write e.g. --column hypothesis=sentence2")
+        columns[field] = name
+    counts = check_dataset(task, root, split, shown=show, layout=DataLayout(data_format, columns))
     console.print(f"{task} {split} at {root}: ok")
     for name, value in counts.items():
         console.print(f"  {name}: {value}")

@@ -20,7 +20,7 @@ from vldistill.metrics.files import check_coverage, gold_labels
 app = typer.Typer(help="Score predictions with the official metrics of each task.", no_args_is_help=True)
 console = make_console()
 
-Root = Annotated[Path, typer.Argument(help="dataset root, laid out as the publisher distributes it")]
+Root = Annotated[Path, typer.Argument(help="dataset root: official layout, ViLT Arrow files or datasets (auto)")]
 Predictions = Annotated[Path, typer.Option(help='predictions file: {"id": ..., "prediction": ...} per line')]
 Out = Annotated[Path | None, typer.Option(help="write the scores here as JSON")]
 Subset = Annotated[
@@ -40,10 +40,10 @@ def _restrict(gold: dict, ids: set[str], subset: bool) -> tuple[dict, str]:
 
 
 def _read_records(task: str, root: Path, split: str) -> list:
-    """The official records of a split, through the dataset readers."""
-    from vldistill.data import readers
+    """The records of a split, through the dataset readers (the layout told from the files)."""
+    from vldistill.data.readers import read_task
 
-    return getattr(readers, f"read_{task}")(root, split)
+    return read_task(task, root, split)
 
 
 def _finish(scores: dict, out: Path | None, lines: list[str]) -> None:

@@ -11,20 +11,16 @@ annotation file) stops the check at once, as a plain :class:`~vldistill.errors.D
 from __future__ import annotations
 
 import os
-import warnings
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from PIL import Image
-
-from vldistill.data.readers import read_task_report
+from vldistill.data.images import ImageRef, image_problem
+from vldistill.data.readers import DataLayout, read_task_report
 from vldistill.data.records import VE_LABELS, NLVR2Record, Record, SNLIVERecord, VCRRecord, VQARecord
 from vldistill.errors import DataError
 
-MAX_MEGAPIXELS = 40
-"""Images above this many megapixels are refused: no dataset of these tasks has them (decompression bomb)."""
 MAX_SHOWN = 20
 """How many defects ``vldistill data check`` prints before it only counts the rest."""
 
@@ -52,36 +48,7 @@ class DatasetDefects(DataError):
         return lines
 
 
-def _image_problem(path: Path) -> tuple[str, str] | None:
-    """``(problem, fix)`` if the image at ``path`` is missing, unreadable or too large, else None."""
-    if not path.is_file():
-        return "image not found", f"download and extract the images into {path.parent}"
-    try:
-        with warnings.catch_warnings():
-            # The explicit size check below replaces PIL's own bomb warning.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_MEGAPIXELS * 1_000_000:
-                    return (
-                        f"image is {width}x{height} pixels, over {MAX_MEGAPIXELS} megapixels (a decompression bomb?)",
-                        "replace the image with the publisher's original",
-                    )
-                if image.format == "JPEG":
-                    # verify() does not decode JPEG; a draft decode at 1/8 scale is cheap and
-                    # catches truncated files.
-                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                    image.load()
-                else:
-                    image.verify()
-    except Image.DecompressionBombError as err:
-        return f"image is a decompression bomb ({err})", "replace the image with the publisher's original"
-    except (OSError, SyntaxError, ValueError) as err:
-        return f"image cannot be read ({err})", "re-download the image"
-    return None
-
-
-def _images(record: Record) -> tuple[str, list[Path]]:
+def _images(record: Record) -> tuple[str, list[ImageRef]]:
     """A description of ``record`` and the images it refers to."""
     if isinstance(record, VQARecord):
         return f"question_id {record.question_id}", [record.image_path]
@@ -97,7 +64,7 @@ def check_images(records: Iterable[Record]) -> tuple[int, list[DataError]]:
 
     Each error names the image and the first record (in file order) that refers to it.
     """
-    first_user: dict[Path, str] = {}
+    first_user: dict[ImageRef, str] = {}
     for record in records:
         name, paths = _images(record)
         for path in paths:
@@ -105,7 +72,7 @@ def check_images(records: Iterable[Record]) -> tuple[int, list[DataError]]:
     paths = list(first_user)
     # Decoding releases the GIL, so threads overlap the I/O and decoding of many small images.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = list(pool.map(_image_problem, paths))
+        problems = list(pool.map(image_problem, paths))
     defects = [
         DataError(path, f"image of {first_user[path]}", *problem)
         for path, problem in zip(paths, problems, strict=True)
@@ -118,7 +85,7 @@ def _counts(task: str, records: list[Record]) -> dict[str, int]:
     """Task-specific counts shown by ``vldistill data check``."""
     if task == "vqa":
         vqa = [r for r in records if isinstance(r, VQARecord)]
-        types = Counter(r.answer_type for r in vqa if r.answers)
+        types = Counter(r.answer_type for r in vqa if r.answers and r.answer_type)
         return {"answers": sum(len(r.answers) for r in vqa)} | {f"answer_type.{k}": v for k, v in sorted(types.items())}
     if task == "snli_ve":
         labels = Counter(r.gold_label for r in records if isinstance(r, SNLIVERecord))
@@ -135,7 +102,9 @@ def _counts(task: str, records: list[Record]) -> dict[str, int]:
     return {"labels.True": labels[True], "labels.False": labels[False], "labels.missing": labels[None]}
 
 
-def check_dataset(task: str, root: Path, split: str, *, shown: int = MAX_SHOWN) -> dict[str, int]:
+def check_dataset(
+    task: str, root: Path, split: str, *, shown: int = MAX_SHOWN, layout: DataLayout | None = None
+) -> dict[str, int]:
     """Validate ``split`` of ``task`` under ``root``: every annotation record, then every image.
 
     Returns counts: ``records``, ``images`` (distinct image files) and task-specific ones, e.g.
@@ -143,7 +112,7 @@ def check_dataset(task: str, root: Path, split: str, *, shown: int = MAX_SHOWN) 
     every defective record (annotation defects in file order, then defective images; ``shown`` of them
     are printed), or a DataError for a file-level defect or an empty split.
     """
-    records, skipped = read_task_report(task, Path(root), split)
+    records, skipped = read_task_report(task, Path(root), split, layout=layout)
     images, image_defects = check_images(records)
     defects = skipped.errors + image_defects
     if defects:

@@ -10,9 +10,10 @@ distillation losses never need to know the task.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+
+from vldistill.data.images import ImageRef
 
 TASK_KINDS: dict[str, str] = {
     "vqa": "multilabel",  # soft scores over an answer vocabulary, BCE
@@ -30,7 +31,7 @@ class TaskExample:
         uid: unique id within its dataset (VQA question_id, SNLI-VE pairID, VCR ``annot_id/qa`` or
             ``annot_id/qar``, NLVR2 identifier).
         task: one of ``TASK_KINDS``.
-        images: 1 image path (vqa, snli_ve, vcr) or 2 (nlvr2: left, right).
+        images: 1 image (vqa, snli_ve, vcr) or 2 (nlvr2: left, right): a path or a stored image.
         texts: 1 text, or the 4 candidate texts of VCR (question + answer, or question + answer +
             rationale), each a whitespace-separated string.
         label: gold class / candidate index, -1 when unknown (test splits).
@@ -42,7 +43,7 @@ class TaskExample:
 
     uid: str
     task: str
-    images: tuple[Path, ...]
+    images: tuple[ImageRef, ...]
     texts: tuple[str, ...]
     label: int = -1
     soft_label: dict[str, float] | None = None

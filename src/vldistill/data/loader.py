@@ -18,13 +18,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn.utils.rnn import pad_sequence
 
 from vldistill.data.examples import TaskExample
+from vldistill.data.images import ImageRef, image_exists, image_problem, open_rgb
 from vldistill.errors import DataError, VldistillError
 from vldistill.models.heads import task_targets
 from vldistill.models.outputs import ModelInputs
@@ -41,7 +41,7 @@ class ImageReadError(DataError):
     original message, so the command line still prints one line.
     """
 
-    def __init__(self, path: str | Path, problem: str | None = None) -> None:
+    def __init__(self, path: str | ImageRef, problem: str | None = None) -> None:
         if problem is not None:
             super().__init__(path, None, f"cannot read image ({problem})", f"replace the file, or {SKIP_FIX}")
             return
@@ -52,17 +52,23 @@ class ImageReadError(DataError):
         VldistillError.__init__(self, message)
 
 
-def decode_image(path: Path) -> Image.Image:
-    """The image at ``path`` as RGB. Raises ``ImageReadError`` (one line) if it is missing or unreadable."""
+def decode_image(path: ImageRef) -> Image.Image:
+    """The image ``path`` names (a file or a stored image) as RGB.
+
+    Raises:
+        ImageReadError: missing or unreadable, or a stored image's table or cell unusable (one line, also
+            from a DataLoader worker).
+    """
     try:
-        with Image.open(path) as raw:
-            return raw.convert("RGB")
+        return open_rgb(path)
+    except DataError as err:
+        raise ImageReadError(path, err.problem) from None
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
         raise ImageReadError(path, str(err)) from None
 
 
-def _missing(path: Path) -> tuple[str, str] | None:
-    return None if path.is_file() else ("image not found", "")
+def _missing(path: ImageRef) -> tuple[str, str] | None:
+    return None if image_exists(path) else ("image not found", "")
 
 
 def examples_with_images(
@@ -79,11 +85,9 @@ def examples_with_images(
     Raises:
         DataError: without ``skip_bad``, a missing image (naming it, an example using it and the fix).
     """
-    from vldistill.data.check import _image_problem
-
     paths = list(dict.fromkeys(p for ex in examples for p in ex.images))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        found = pool.map(_image_problem if skip_bad else _missing, paths)
+        found = pool.map(image_problem if skip_bad else _missing, paths)
         bad = {p: problem[0] for p, problem in zip(paths, found, strict=True) if problem is not None}
     if not bad:
         return list(examples)
@@ -109,9 +113,9 @@ class ImageStore:
 
     def __init__(self, capacity: int = 50_000) -> None:
         self.capacity = capacity
-        self._images: OrderedDict[Path, Image.Image] = OrderedDict()
+        self._images: OrderedDict[ImageRef, Image.Image] = OrderedDict()
 
-    def __call__(self, path: Path) -> Image.Image:
+    def __call__(self, path: ImageRef) -> Image.Image:
         img = self._images.get(path)
         if img is not None:
             self._images.move_to_end(path)
@@ -143,7 +147,7 @@ class CachingProcessor:
     def __init__(self, processor: Processor, *, max_image_bytes: int = 1 << 30, max_texts: int = 500_000) -> None:
         self.processor = processor
         self.max_image_bytes, self.max_texts = max_image_bytes, max_texts
-        self._pixels: OrderedDict[Path, torch.Tensor] = OrderedDict()
+        self._pixels: OrderedDict[ImageRef, torch.Tensor] = OrderedDict()
         self._pixel_bytes = 0
         self._texts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
@@ -159,7 +163,7 @@ class CachingProcessor:
         input_ids, attention_mask, word_index = self.tokenize([t for ex in examples for t in ex.texts])
         return ModelInputs(pixel_values, input_ids, attention_mask, word_index, n_images, n_texts, examples[0].task)
 
-    def _normalized(self, path: Path, image: Image.Image) -> torch.Tensor:
+    def _normalized(self, path: ImageRef, image: Image.Image) -> torch.Tensor:
         """``(height, width, 3)`` float32: the image as :meth:`Processor.images_to_tensor` normalises it."""
         pixels = self._pixels.get(path)
         if pixels is not None:

@@ -2,14 +2,17 @@
 
 Readers (``vldistill.data.readers``) turn official files into these records; the generated world
 writes official files, never records, so the demo goes through the same readers as real data.
-Image paths are absolute and have been checked to stay inside the dataset root.
+Images are named by :data:`~vldistill.data.images.ImageRef`: in the publishers' layouts an absolute
+path, checked to stay inside the dataset root; in layouts that store the images (ViLT's Arrow files,
+Hugging Face ``datasets``) a :class:`~vldistill.data.images.StoredImage`, a row and column of a table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
+
+from vldistill.data.images import ImageRef
 
 VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 """SNLI-VE label order used for class indices everywhere in vldistill."""
@@ -17,10 +20,14 @@ VE_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
 @dataclass(frozen=True)
 class VQAAnswer:
-    """One of the ten annotator answers of a VQA v2 question."""
+    """One of the ten annotator answers of a VQA v2 question.
+
+    ``answer_confidence`` is ``""`` where the layout does not carry it (ViLT's Arrow files, see
+    :mod:`vldistill.data.readers.vilt_arrow`).
+    """
 
     answer: str
-    answer_confidence: Literal["yes", "maybe", "no"]
+    answer_confidence: Literal["yes", "maybe", "no", ""]
     answer_id: int
 
 
@@ -34,7 +41,7 @@ class VQARecord:
     question_id: int
     image_id: int
     question: str
-    image_path: Path
+    image_path: ImageRef
     question_type: str = ""
     answer_type: str = ""
     multiple_choice_answer: str = ""
@@ -47,7 +54,7 @@ class SNLIVERecord:
 
     pair_id: str
     flickr30k_id: str
-    image_path: Path
+    image_path: ImageRef
     hypothesis: str  # sentence2
     gold_label: str  # one of VE_LABELS
     premise_caption: str = ""  # sentence1, the caption SNLI-VE replaced by the image
@@ -81,7 +88,7 @@ class VCRRecord:
     annot_id: str
     img_fn: str
     metadata_fn: str
-    image_path: Path
+    image_path: ImageRef
     objects: tuple[str, ...]
     question: tuple[VCRToken, ...]
     answer_choices: tuple[tuple[VCRToken, ...], ...]
@@ -100,8 +107,8 @@ class NLVR2Record:
     identifier: str
     sentence: str
     label: bool | None  # "True" / "False" in the file; None when absent (hidden test)
-    left_image: Path
-    right_image: Path
+    left_image: ImageRef
+    right_image: ImageRef
 
 
 Record = VQARecord | SNLIVERecord | VCRRecord | NLVR2Record

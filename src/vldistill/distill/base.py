@@ -175,5 +175,3 @@ class Method(nn.Module):
 
 
 register("none")(Method)
-
-

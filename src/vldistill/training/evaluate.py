@@ -114,10 +114,11 @@ def score(
             accs.append(question_accuracy(answers[preds[ex.uid]], gt))
             types.append((rec.question_type, rec.answer_type))
         summary = accuracy_by_type(accs, types)
+        # A layout without types (ViLT's Arrow files) gives the group "": no breakdown, rather than a nameless one.
         return {
             "vqa_accuracy": summary["overall"],
-            **{f"vqa_accuracy/answer_type/{t}": v for t, v in sorted(summary["perAnswerType"].items())},
-            **{f"vqa_accuracy/question_type/{t}": v for t, v in sorted(summary["perQuestionType"].items())},
+            **{f"vqa_accuracy/answer_type/{t}": v for t, v in sorted(summary["perAnswerType"].items()) if t},
+            **{f"vqa_accuracy/question_type/{t}": v for t, v in sorted(summary["perQuestionType"].items()) if t},
         }
     if task == "snli_ve":
         gold = {ex.uid: VE_LABELS[ex.label] for ex in examples}

@@ -19,7 +19,7 @@ from torch import nn
 from vldistill.config import DataConfig, ExperimentConfig, cache_dir
 from vldistill.data.examples import TaskExample
 from vldistill.data.loader import examples_with_images
-from vldistill.data.readers import read_task, read_task_report
+from vldistill.data.readers import read_task, read_task_report, split_digest
 from vldistill.data.records import Record
 from vldistill.data.subsets import apply_manifest, low_shot, write_manifest
 from vldistill.data.tasks import VE_PROMPTS, VQA_PROMPT, ExampleBuilder
@@ -59,11 +59,12 @@ def resolve_root(root: str, style: str, task: str, scale: float, seed: int = 0) 
     return path
 
 
-def _read(task: str, root: Path, split: str, skip_bad: bool, verbose: bool = True) -> list[Record]:
+def _read(cfg: DataConfig, root: Path, split: str, verbose: bool = True) -> list[Record]:
     """A split's records; with ``skip_bad`` defective records are skipped and listed on stderr (``verbose``)."""
+    task, skip_bad = cfg.task, cfg.skip_bad
     if not skip_bad:
-        return read_task(task, root, split)
-    records, skipped = read_task_report(task, root, split)
+        return read_task(task, root, split, layout=cfg.layout())
+    records, skipped = read_task_report(task, root, split, layout=cfg.layout())
     if skipped and verbose:
         print(f"warning: skipped {len(skipped)} bad record(s) of {task} {split} at {root}:", file=sys.stderr)
         for line in skipped.lines():
@@ -166,20 +167,11 @@ def _record_id(rec: Record) -> str:
     raise TypeError(type(rec).__name__)
 
 
-def _files_digest(root: Path, split: str) -> str:
-    """sha256 over the split's annotation files (the images are keyed by name and size)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.iterdir() if p.is_file() and split in p.name):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def _read_eval_set(
     cfg: DataConfig, builder: ExampleBuilder, root: Path, split: str, name: str, verbose: bool
 ) -> tuple[EvalSet, str]:
     """An evaluation (or dev) split: its examples (at most ``max_eval`` records, with their images) and records."""
-    records = _read(cfg.task, root, split, cfg.skip_bad, verbose)
+    records = _read(cfg, root, split, verbose)
     examples = builder(records)
     if cfg.max_eval:
         examples = _first_records(examples, cfg.max_eval)
@@ -203,7 +195,7 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
     """
     train_split, eval_split = cfg.splits()
     root = resolve_root(cfg.root, cfg.style, cfg.task, cfg.world_scale, cfg.world_seed)
-    train_records = _read(cfg.task, root, train_split, cfg.skip_bad, verbose)
+    train_records = _read(cfg, root, train_split, verbose)
     builder = ExampleBuilder(
         cfg.task,
         train_records,
@@ -259,7 +251,7 @@ def load_data(cfg: DataConfig, out_dir: Path | None = None, *, verbose: bool = T
         else ""
     )
     digest = hashlib.sha256(
-        f"{cfg.task}:{train_split}:{_files_digest(root, train_split)}{prompts}".encode()
+        f"{cfg.task}:{train_split}:{split_digest(cfg.task, root, train_split, cfg.layout())}{prompts}".encode()
     ).hexdigest()
     return DataBundle(cfg.task, builder, train, evals, digest, sources, dev)
 

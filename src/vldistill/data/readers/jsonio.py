@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,32 @@ def skip_or_raise(err: DataError, skip_bad: bool, report: SkippedRecords | None)
         raise err
     if report is not None:
         report.errors.append(err)
+
+
+def record_key(record: Any) -> str:
+    """The id a record is known by in its file: ``question_id 9000``, ``pairID ...``, ``identifier ...``."""
+    for attr, name in (("question_id", "question_id"), ("pair_id", "pairID"), ("annot_id", "annot_id")):
+        if hasattr(record, attr):
+            return f"{name} {getattr(record, attr)}"
+    return f"identifier {record.identifier}"
+
+
+def collect_records(items: Iterable[Any], file: Path, skip_bad: bool, report: SkippedRecords | None) -> list[Any]:
+    """The records among ``items`` (records and DataErrors, in file order); errors and repeated ids are raised,
+    or with ``skip_bad`` noted in ``report`` and left out."""
+    records: list[Any] = []
+    seen: set[str] = set()
+    for item in items:
+        if isinstance(item, DataError):
+            skip_or_raise(item, skip_bad, report)
+            continue
+        key = record_key(item)
+        if key in seen:
+            skip_or_raise(DataError(file, key, "the id appears twice", "keep one of the two"), skip_bad, report)
+            continue
+        seen.add(key)
+        records.append(item)
+    return records
 
 
 def labels_optional(split: str) -> bool:

@@ -73,7 +73,8 @@ def _entries(path: Path, key: str, split: str) -> list[Any]:
     return entries
 
 
-def _answers(fields: Fields) -> tuple[VQAAnswer, ...]:
+def annotator_answers(fields: Fields) -> tuple[VQAAnswer, ...]:
+    """The ten ``{answer, answer_confidence, answer_id}`` objects of the record's ``answers`` field."""
     raw = fields.get("answers", list)
     if len(raw) != ANSWERS_PER_QUESTION:
         raise fields.error(f"has {len(raw)} answers, expected {ANSWERS_PER_QUESTION}", "give the ten annotator answers")
@@ -120,7 +121,7 @@ def _record(question: Fields, annotation: Fields | None, images: Path) -> VQARec
         question_type=annotation.get("question_type", str),
         answer_type=annotation.text("answer_type"),
         multiple_choice_answer=annotation.get("multiple_choice_answer", str),
-        answers=_answers(annotation),
+        answers=annotator_answers(annotation),
     )
 
 
