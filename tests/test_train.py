@@ -290,7 +290,7 @@ def test_lr_loss_and_gradient_norm_are_logged_every_log_every_steps(tmp_path):
     assert [r["lr"] for r in steps] == pytest.approx([1e-3 * 5 / 6, 1e-3 * 3 / 6, 1e-3 * 1 / 6])
     assert all(r["loss"] == r["train_task"] for r in steps)  # method none: the task term is the loss
     assert all(r["grad_norm"] > 1e-3 for r in steps)  # measured before clipping to max_grad_norm
-    (events,) = (run / "tensorboard").rglob("events.out.tfevents.*")
+    (events,) = (run / "tensorboard" / "vldistill").glob("events.out.tfevents.*")  # the hparams: one level down
     acc = EventAccumulator(str(events.parent))
     acc.Reload()
     for tag, key in (("train/lr", "lr"), ("train/loss", "loss"), ("train/grad_norm", "grad_norm")):
@@ -329,7 +329,8 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path, monkeypatch, capsys):
     (run / "notes.txt").write_text("mine")
     assert_one_line_error(run_cli(args, monkeypatch, capsys), (str(run), "already holds a run", "--overwrite"))
     assert run_cli([*args, "--overwrite", "--set", "train.seed=1"], monkeypatch, capsys).code == 0
-    assert len(list((run / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+    board = run / "tensorboard" / "vldistill"  # one run's events: its scalars and its hyperparameters
+    assert len(list(board.glob("events.out.tfevents.*"))) == len(list(board.glob("*/events.out.tfevents.*"))) == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # SNLI-VE selects on its dev split: one dev evaluation at the last step, logged before that step's row
     assert [r.get("kind", "epoch") for r in rows] == ["step", "step", "dev", "step", "epoch"]

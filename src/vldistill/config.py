@@ -148,6 +148,12 @@ class DataConfig(_Strict):
         return self
 
 
+TrackerName = Literal[
+    "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "all"
+]
+"""The experiment trackers of accelerate (``accelerate.utils.LoggerType``); ``all``: every one installed."""
+
+
 class TrainConfig(_Strict):
     """Optimisation: AdamW with linear warmup and decay, on accelerate; model selection on the dev set.
 
@@ -186,6 +192,12 @@ class TrainConfig(_Strict):
     eval_each_epoch: bool = True  # without a dev set: a learning curve on the evaluation splits
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)
+    log_with: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _one_tracker_or_several(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _stopping_needs_evaluations(self) -> TrainConfig:

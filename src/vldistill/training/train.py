@@ -62,6 +62,7 @@ HARMLESS_CHANGES = frozenset(
         "train.threads",
         "train.eval_batch_size",
         "train.eval_each_epoch",
+        "train.log_with",
         "cache.dir",
         "cache.shard_size",
     }
@@ -176,7 +177,7 @@ def train(
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    accelerator = make_accelerator(tc.mixed_precision, out_dir)
+    accelerator = make_accelerator(tc.mixed_precision, out_dir, tc.log_with)
     main = accelerator.is_main_process
     run = RunFolder(
         accelerator,
@@ -244,7 +245,10 @@ def train(
         built.student, eval_every=tc.eval_every, patience=tc.early_stopping, has_dev=data.dev is not None
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    pos = run.restore({"model": accelerator.unwrap_model(model), "selection": selection}, optimizer, scheduler)
+    switches = {f"switches.{k}": v for k, v in built.method.describe().items()}  # as the method applies them
+    pos = run.restore(
+        {"model": accelerator.unwrap_model(model), "selection": selection}, optimizer, scheduler, switches
+    )
     student = accelerator.unwrap_model(model).student
     metric = PRIMARY_METRIC[data.task]
 
