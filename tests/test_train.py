@@ -62,6 +62,8 @@ def test_smoke_preset_through_the_cli(tmp_path):
     assert set(summary["eval"]) == {"eval", "shifted", "eval:shuffled", "shifted:shuffled"}
     assert (summary["best_step"], summary["dev_evaluations"], "dev" in summary) == (summary["steps"], 0, False)
     assert (out / "final" / "model.safetensors").is_file() and (out / "subset.json").is_file()
+    card = (out / "final" / "README.md").read_text()  # the model card records the command that made it
+    assert f"python -m vldistill train --preset smoke --out {out} --no-progress --set data.world_scale=0.1" in card
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epoch"] == 1 and rows[-1]["train_task"] > 0
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))

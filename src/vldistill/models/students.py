@@ -217,8 +217,12 @@ def _build_prior(cfg: StudentConfig, task: str, num_labels: int, answers: list[s
     return TextPriorStudent.for_task(task, num_labels, answers, buckets=cfg.buckets, hidden_size=cfg.hidden_size)
 
 
-def _model_card(kind: str, task: str) -> str:
-    """``README.md`` of a saved student: what it is and how to load it without vldistill's training code."""
+def loading_instructions(kind: str, task: str) -> str:
+    """Markdown: how to load a saved student of ``kind`` for ``task`` without vldistill's training code, and score it.
+
+    The code refers to the student's folder as ``folder``. Part of every saved student's ``README.md``
+    (and of a training run's model card, :mod:`vldistill.training.model_card`).
+    """
     if kind == "fusion":
         hf_class = _hf_class(task).__name__
         usage = f"""A ViLT fine-tuned for {task}: transformers loads it as it is.
@@ -260,7 +264,12 @@ logits = model(processor(examples, images)).logits  # vldistill TaskExample reco
         "`vldistill eval THIS_FOLDER CONFIG` scores it on a config's evaluation splits (`vldistill eval RUN` "
         "when it is the `final/` of a training run, whose `config.yaml` is used)."
     )
-    return f"# vldistill {kind} student ({task})\n\n{usage}\n\n{scoring}\n"
+    return f"{usage}\n\n{scoring}"
+
+
+def _model_card(kind: str, task: str) -> str:
+    """``README.md`` of a saved student: what it is and how to load it without vldistill's training code."""
+    return f"# vldistill {kind} student ({task})\n\n{loading_instructions(kind, task)}\n"
 
 
 def save_student(model: nn.Module, directory: str | Path, processor: Processor | None = None) -> Path:

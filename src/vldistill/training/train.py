@@ -44,6 +44,7 @@ from vldistill.training.engine import (
 from vldistill.training.evaluate import PRIMARY_METRIC, Evaluator
 from vldistill.training.experiment import Built, EvalSet, build_models, load_data
 from vldistill.training.interrupt import ignore_stop_signals
+from vldistill.training.model_card import write_run_card
 from vldistill.training.model_selection import ModelSelection
 from vldistill.training.progress import TrainProgress
 from vldistill.training.run_folder import Position, RunFolder
@@ -151,12 +152,15 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the student with the configured method; returns the final evaluation.
 
     Writes ``out_dir/config.yaml``, ``metrics.jsonl`` (a row every ``train.log_every`` steps, one per
-    dev evaluation and one per epoch), ``tensorboard/``, ``checkpoints/``, ``final/`` (the selected
-    student, a Hugging Face directory) and ``summary.json``::
+    dev evaluation and one per epoch), ``tensorboard/`` (the trackers of ``train.log_with``),
+    ``checkpoints/``, ``final/`` (the selected student, a Hugging Face directory, with its model card
+    ``README.md``: :mod:`vldistill.training.model_card`, which records ``command``, by default this
+    process's command line) and ``summary.json``::
 
         {"task", "method", "student", "train_examples", "processes", "steps", "primary_metric", "seconds",
          "eval": {split: {metric: value}},   # "eval", "shifted", "eval:shuffled", "shifted:shuffled"
@@ -324,4 +328,5 @@ def train(
         save_student(student, out_dir / "final", built.processor)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_run_card(out_dir, cfg, summary, built.method, student, command)
     return summary
