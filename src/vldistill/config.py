@@ -18,6 +18,7 @@ from vldistill.data.tasks import VE_PROMPTS, VQA_PROMPT
 from vldistill.distill.config import MethodConfig
 from vldistill.errors import ConfigError
 from vldistill.models.students import StudentConfig
+from vldistill.training.trackers import TrackerName
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_SPLITS = {
@@ -77,8 +78,7 @@ class DataConfig(_Strict):
     eval_split: str | None = None
     """The evaluation split (default: the task's, e.g. ``val2014`` for VQA v2, ``test`` for SNLI-VE)."""
     shift_root: str | None = None
-    """A second dataset root, of another domain, evaluated as split ``shifted`` (``world:shifted`` for the
-    world's other style)."""
+    """A dataset root of another domain, evaluated as split ``shifted`` (``world:shifted``: the world's other style)."""
     fraction: float | None = Field(None, gt=0, le=1)
     """Low-shot: train on this fraction of the training records, drawn stratified by answer / label."""
     per_group: int | None = Field(None, ge=1)
@@ -92,8 +92,7 @@ class DataConfig(_Strict):
     max_eval: int | None = Field(None, ge=1)
     """Keep the first this many records of each evaluation and dev split."""
     skip_bad: bool = False
-    """Drop defective records and examples whose images are missing or unreadable (listed on stderr) instead
-    of stopping at the first one."""
+    """Drop (and list) defective records and examples whose images are missing or unreadable; else stop at one."""
     min_answer_count: int = Field(1, ge=1)
     """VQA: answers seen fewer times in the training annotations are left out of the answer vocabulary
     (ViLT: 9 on VQA v2)."""
@@ -170,12 +169,6 @@ class DataConfig(_Strict):
         return self
 
 
-TrackerName = Literal[
-    "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "all"
-]
-"""The experiment trackers of accelerate (``accelerate.utils.LoggerType``); ``all``: every one installed."""
-
-
 class TrainConfig(_Strict):
     """Optimisation: AdamW with linear warmup and decay, on accelerate; model selection on the dev set.
 
@@ -192,8 +185,7 @@ class TrainConfig(_Strict):
     """A step budget: exactly this many optimizer steps, over as many epochs as that takes (``epochs`` is
     then ignored), the schedule spanning them; for low-shot subsets, whose epochs are a handful of steps."""
     eval_every: int | None = Field(None, ge=1)
-    """Evaluate on the dev set every this many optimizer steps and at the last; ``final/`` is the best of
-    these evaluations on the task's primary metric (the first best on a tie)."""
+    """Evaluate on the dev set every this many steps and at the last; ``final/`` is the best on the primary metric."""
     early_stopping: int | None = Field(None, ge=1)
     """Stop after this many dev evaluations in a row without improvement (needs ``eval_every``)."""
     batch_size: int = Field(32, ge=1)
@@ -250,8 +242,7 @@ class CacheConfig(_Strict):
     """Teacher-output cache: safetensors shards, memory-mapped, keyed by teacher and data fingerprints."""
 
     enabled: bool = False
-    """Compute the teachers' targets once (``vldistill cache build``, or at the start of training) and read
-    them from the cache at every step, instead of running the teachers live."""
+    """Compute the teachers' targets once (``vldistill cache build``, or when training starts), not at each step."""
     dir: str | None = None
     """Where caches are kept (default: ``teachers/`` under the cache folder, ``$VLDISTILL_CACHE``)."""
     fp16: bool = False

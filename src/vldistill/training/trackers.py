@@ -27,7 +27,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vldistill.errors import ConfigError
 
@@ -37,6 +37,10 @@ TENSORBOARD_DIR = "tensorboard"
 """The run folder's entry of accelerate's ``logging_dir`` (where TensorBoard writes)."""
 
 HParam = str | int | float | bool | None
+TrackerName = Literal[
+    "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio", "all"
+]
+"""The experiment trackers of accelerate (``accelerate.utils.LoggerType``); ``all``: every one installed."""
 
 
 def tracker_names(log_with: str | list[str]) -> list[str]:
