@@ -14,7 +14,9 @@ Where each tracker writes (all of them offline unless their own settings say oth
 - ``wandb``: ``RUN/wandb/``, in offline mode unless ``WANDB_MODE`` is set (``wandb sync RUN/wandb/offline-run-*``
   uploads it later).
 - ``mlflow``: the tracking store that mlflow's own settings name (``MLFLOW_TRACKING_URI``; without it
-  mlflow 3 uses ``sqlite:///mlflow.db`` in the working directory), experiment ``vldistill``.
+  mlflow 3 uses ``sqlite:///mlflow.db`` in the working directory), experiment ``vldistill``. A database
+  store: mlflow's file store (``file:`` URIs, refused by mlflow >= 3.7 without ``MLFLOW_ALLOW_FILE_STORE``)
+  keeps a metric per file and fails on ``dev/accuracy`` beside ``dev/accuracy/class/<label>``.
 - the others (``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``, ``trackio``): their defaults.
 
 The project (TensorBoard's sub-folder, W&B's project, MLflow's experiment) is ``vldistill``; the run's
