@@ -62,6 +62,8 @@ def test_smoke_preset_through_the_cli(tmp_path):
     assert set(summary["eval"]) == {"eval", "shifted", "eval:shuffled", "shifted:shuffled"}
     assert (summary["best_step"], summary["dev_evaluations"], "dev" in summary) == (summary["steps"], 0, False)
     assert (out / "final" / "model.safetensors").is_file() and (out / "subset.json").is_file()
+    card = (out / "final" / "README.md").read_text()  # the model card records the command that made it
+    assert f"python -m vldistill train --preset smoke --out {out} --no-progress --set data.world_scale=0.1" in card
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["epoch"] == 1 and rows[-1]["train_task"] > 0
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
@@ -290,7 +292,7 @@ def test_lr_loss_and_gradient_norm_are_logged_every_log_every_steps(tmp_path):
     assert [r["lr"] for r in steps] == pytest.approx([1e-3 * 5 / 6, 1e-3 * 3 / 6, 1e-3 * 1 / 6])
     assert all(r["loss"] == r["train_task"] for r in steps)  # method none: the task term is the loss
     assert all(r["grad_norm"] > 1e-3 for r in steps)  # measured before clipping to max_grad_norm
-    (events,) = (run / "tensorboard").rglob("events.out.tfevents.*")
+    (events,) = (run / "tensorboard" / "vldistill").glob("events.out.tfevents.*")  # the hparams: one level down
     acc = EventAccumulator(str(events.parent))
     acc.Reload()
     for tag, key in (("train/lr", "lr"), ("train/loss", "loss"), ("train/grad_norm", "grad_norm")):
@@ -329,7 +331,8 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path, monkeypatch, capsys):
     (run / "notes.txt").write_text("mine")
     assert_one_line_error(run_cli(args, monkeypatch, capsys), (str(run), "already holds a run", "--overwrite"))
     assert run_cli([*args, "--overwrite", "--set", "train.seed=1"], monkeypatch, capsys).code == 0
-    assert len(list((run / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+    board = run / "tensorboard" / "vldistill"  # one run's events: its scalars and its hyperparameters
+    assert len(list(board.glob("events.out.tfevents.*"))) == len(list(board.glob("*/events.out.tfevents.*"))) == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # SNLI-VE selects on its dev split: one dev evaluation at the last step, logged before that step's row
     assert [r.get("kind", "epoch") for r in rows] == ["step", "step", "dev", "step", "epoch"]

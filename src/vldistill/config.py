@@ -19,6 +19,7 @@ from vldistill.data.tasks import VE_PROMPTS, VQA_PROMPT
 from vldistill.distill.config import MethodConfig
 from vldistill.errors import ConfigError
 from vldistill.models.students import StudentConfig
+from vldistill.training.trackers import TrackerName
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_SPLITS = {
@@ -39,20 +40,14 @@ def cache_dir() -> Path:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A string literal under a field is its description (pydantic's attribute docstrings): the meaning that
+    # `vldistill config-reference` writes to docs/config.md.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class DataConfig(_Strict):
-    """Which data to train and evaluate on.
-
-    ``root: world`` uses the generated world (rendered in ``style``), created on first use under the
-    cache folder; any other value is a dataset root laid out as its publisher distributes it, as ViLT's
-    and DiDE's Arrow files, or as a Hugging Face ``datasets`` split (``save_to_disk`` folder or Parquet).
-    ``format`` names which (``official``, ``vilt_arrow``, ``hf_datasets``; ``auto``, the default, tells
-    them apart by the files); ``columns`` maps a ``datasets`` split's columns to the task's fields
-    (:mod:`vldistill.data.readers.hf_datasets`, e.g. ``{hypothesis: text}``).
-    ``shift_root`` adds a domain-shifted evaluation (``world:shifted`` for the world's other style).
-    ``world_scale`` multiplies the world's sizes and ``world_seed`` draws another world (0: the default).
+    """Which data to train and evaluate on: a dataset (in its publisher's layout, as ViLT's and DiDE's
+    Arrow files, or as a Hugging Face ``datasets`` split), or the generated world.
 
     **Dev set (model selection only).** ``dev_split`` names a split of the dataset, ``dev_holdout``
     holds out this many training *records* (an int) or this fraction of them (a float in (0, 1)),
@@ -70,31 +65,59 @@ class DataConfig(_Strict):
     """
 
     task: Literal["vqa", "snli_ve", "vcr", "nlvr2"]
+    """The task, and so the dataset format its files are read in: VQA v2, SNLI-VE, VCR or NLVR2."""
     root: str = "world"
+    """The dataset root, laid out as its publisher distributes it, as ViLT's / DiDE's Arrow files, or as a
+    Hugging Face ``datasets`` split (``save_to_disk`` folder or Parquet files); ``world`` (or ``world:base``,
+    ``world:shifted``) is the generated world, created under the cache folder on first use."""
     format: Literal["auto", "official", "vilt_arrow", "hf_datasets"] = "auto"
+    """The layout of ``root``: ``official``, ``vilt_arrow``, ``hf_datasets``; ``auto`` tells them apart by
+    the files (docs/data-layouts.md)."""
     columns: dict[str, str] = Field(default_factory=dict)
+    """A ``datasets`` split's columns for the task's fields, e.g. ``{hypothesis: text}``
+    (:mod:`vldistill.data.readers.hf_datasets`); unnamed fields are read from the publisher's own columns."""
     style: Literal["base", "shifted"] = "base"
+    """The generated world's rendering style when ``root`` is ``world``."""
     world_scale: float = Field(1.0, gt=0)
+    """Multiplies the generated world's number of images and records (0.1: a tenth)."""
     world_seed: int = Field(0, ge=0, lt=2**32)
+    """Draws another generated world (0: the default one)."""
     train_split: str | None = None
+    """The training split (default: the task's, e.g. ``train2014`` for VQA v2, ``train`` for the others)."""
     eval_split: str | None = None
+    """The evaluation split (default: the task's, e.g. ``val2014`` for VQA v2, ``test`` for SNLI-VE)."""
     shift_root: str | None = None
+    """A dataset root of another domain, evaluated as split ``shifted`` (``world:shifted``: the world's other style)."""
     fraction: float | None = Field(None, gt=0, le=1)
+    """Low-shot: train on this fraction of the training records, drawn stratified by answer / label."""
     per_group: int | None = Field(None, ge=1)
+    """Low-shot: train on this many records per answer / label."""
     subset_seed: int = Field(0, ge=0, lt=2**32)
+    """The seed of the low-shot draw (the protocol sets it to the run's seed)."""
     manifest: str | None = None
+    """A subset manifest (``subset.json`` of an earlier run): train on exactly its records."""
     max_train: int | None = Field(None, ge=1)
+    """Keep the first this many training records (before the dev holdout and the low-shot subset)."""
     max_eval: int | None = Field(None, ge=1)
+    """Keep the first this many records of each evaluation and dev split."""
     skip_bad: bool = False
-    min_answer_count: int = Field(1, ge=1)  # VQA answers seen fewer times are left out (ViLT: 9 on VQA v2)
-    # The texts a zero-shot teacher (CLIP) scores for its confidence weight (CLIP-TD's dynamic weight):
-    # SNLI-VE's three label prompts ({} is the hypothesis; entailment, neutral, contradiction) and VQA's
-    # candidate template. Write them in the teacher's own words: a CLIP trained on captions that never
-    # say "perhaps" cannot read "perhaps {}" as uncertainty (the demo's captions say "maybe").
+    """Drop (and list) defective records and examples whose images are missing or unreadable; else stop at one."""
+    min_answer_count: int = Field(1, ge=1)
+    """VQA: answers seen fewer times in the training annotations are left out of the answer vocabulary
+    (ViLT: 9 on VQA v2)."""
+    # Write the prompts in the teacher's own words: a CLIP trained on captions that never say "perhaps"
+    # cannot read "perhaps {}" as uncertainty (the demo's captions say "maybe").
     ve_prompts: tuple[str, str, str] = VE_PROMPTS
+    """SNLI-VE: the texts a zero-shot teacher (CLIP) scores for its confidence weight (CLIP-TD's dynamic
+    weight), for entailment, neutral and contradiction; ``{}`` is the hypothesis."""
     vqa_prompt: str = VQA_PROMPT
+    """VQA: the candidate text a zero-shot teacher scores, with ``{question}`` and ``{answer}``."""
     dev_split: str | None = None
+    """A split of the dataset to select the weights on (default: the task's, ``dev`` for SNLI-VE);
+    ``null`` turns the default off."""
     dev_holdout: int | float | None = None
+    """Hold out this many training records (an int) or this fraction of them (a float in (0, 1)) as the
+    dev set, grouped by image."""
 
     @field_validator("ve_prompts")
     @classmethod
@@ -171,41 +194,61 @@ class DataConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation: AdamW with linear warmup and decay, on accelerate; model selection on the dev set.
 
-    ``max_steps``: a step budget: train for exactly this many optimizer steps, over as many epochs as
-    that takes (``epochs`` is then ignored), with the schedule spanning those steps; for low-shot
-    subsets, whose epochs are a handful of steps.
-
-    ``eval_every``: evaluate on the dev set every this many optimizer steps and at the last step; the
-    run's ``final/`` student is the best of these evaluations on the task's primary metric (the first
-    best on a tie). ``early_stopping``: stop after this many dev evaluations in a row without
-    improvement. Without ``eval_every`` the final student is the last one (evaluated on dev at the end,
-    if there is a dev set). ``eval_each_epoch``: without a dev set, also evaluate the evaluation splits
-    after every epoch but the last (a learning curve in ``metrics.jsonl``; nothing is chosen from it);
-    with a dev set the evaluation splits are evaluated once, at the end.
+    Without ``eval_every`` the final student is the last one (evaluated on dev at the end, if there is a
+    dev set); with a dev set the evaluation splits are evaluated once, at the end, with the kept weights.
 
     Raises:
         ConfigError: ``early_stopping`` without ``eval_every``.
     """
 
     epochs: int = Field(3, ge=1)
+    """Passes over the training set."""
     max_steps: int | None = Field(None, ge=1)
+    """A step budget: exactly this many optimizer steps, over as many epochs as that takes (``epochs`` is
+    then ignored), the schedule spanning them; for low-shot subsets, whose epochs are a handful of steps."""
     eval_every: int | None = Field(None, ge=1)
+    """Evaluate on the dev set every this many steps and at the last; ``final/`` is the best on the primary metric."""
     early_stopping: int | None = Field(None, ge=1)
+    """Stop after this many dev evaluations in a row without improvement (needs ``eval_every``)."""
     batch_size: int = Field(32, ge=1)
+    """The global batch: examples per optimizer step (before ``grad_accum``), split across processes."""
     eval_batch_size: int = Field(64, ge=1)
+    """Examples per batch when evaluating (and when building the teacher cache)."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step: each step takes the update of a batch this many times larger."""
     lr: float = Field(1e-4, gt=0)
+    """AdamW's peak learning rate."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW's weight decay (not on biases and norms)."""
     warmup_ratio: float = Field(0.1, ge=0, le=1)
+    """The fraction of the steps with a linear warmup; the learning rate then decays linearly to 0."""
     max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the gradient norm to this (``null``: no clipping; the norm is logged either way)."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """accelerate's mixed precision, on a GPU (a CPU run uses float32)."""
     seed: int = Field(0, ge=0, lt=2**32)  # torch / numpy seeds are 0 .. 2**32 - 1
+    """The seed of initialisation, data order and dropout: a CPU run is deterministic for a seed."""
     checkpoint_every: int | None = Field(None, ge=1)
+    """Also checkpoint every this many optimizer steps (a checkpoint is written at every epoch's end)."""
     keep_checkpoints: int = Field(2, ge=1)
+    """How many of the newest checkpoints to keep."""
     log_every: int = Field(10, ge=1)
-    eval_each_epoch: bool = True  # without a dev set: a learning curve on the evaluation splits
+    """Log the learning rate, loss terms and gradient norm every this many optimizer steps."""
+    eval_each_epoch: bool = True
+    """Without a dev set, also evaluate the evaluation splits after every epoch but the last (a learning
+    curve in ``metrics.jsonl``; nothing is chosen from it)."""
     num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes that read and decode the images."""
     threads: int | None = Field(None, ge=1)
+    """torch's CPU threads for this run (``null``: torch's default)."""
+    log_with: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+    """accelerate's experiment trackers, one name or a list (``[]``: none; ``all``: every one installed); each
+    gets the step scalars and the resolved config as hyperparameters (``vldistill.training.trackers``)."""
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _one_tracker_or_several(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _stopping_needs_evaluations(self) -> TrainConfig:
@@ -221,18 +264,30 @@ class CacheConfig(_Strict):
     """Teacher-output cache: safetensors shards, memory-mapped, keyed by teacher and data fingerprints."""
 
     enabled: bool = False
+    """Compute the teachers' targets once (``vldistill cache build``, or when training starts), not at each step."""
     dir: str | None = None
+    """Where caches are kept (default: ``teachers/`` under the cache folder, ``$VLDISTILL_CACHE``)."""
     fp16: bool = False
+    """Store floating-point targets as float16 (half the size; part of the cache key)."""
     shard_size: int = Field(1024, ge=1)
+    """Examples per safetensors shard."""
 
 
 class ExperimentConfig(_Strict):
+    """One experiment, one YAML file: ``vldistill train CONFIG`` (and ``plan``, ``cache build``, ``eval``)."""
+
     name: str = "experiment"
+    """The run's name: its trackers' run name and its model card's title."""
     data: DataConfig
+    """Which data to train and evaluate on."""
     student: StudentConfig = Field(default_factory=StudentConfig)
+    """Which student to build."""
     method: MethodConfig = Field(default_factory=MethodConfig)
+    """How to distil, and from which teachers."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """Optimisation, evaluation, checkpoints and logging."""
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    """The teacher-output cache."""
 
     @model_validator(mode="after")
     def _prior_learns_alone(self) -> ExperimentConfig:

@@ -91,7 +91,7 @@ def _root(
 
 
 def _register() -> None:
-    from vldistill.cli import data, pretrain, protocol, score, train
+    from vldistill.cli import data, pretrain, protocol, reference, score, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(score.app, name="score")
@@ -103,6 +103,7 @@ def _register() -> None:
     app.command("report")(protocol.report_command)
     app.command("demo")(protocol.demo_command)
     app.add_typer(protocol.cache_app, name="cache")
+    app.command("config-reference")(reference.config_reference_command)
 
 
 _register()

@@ -32,13 +32,18 @@ class CaptionDataConfig(BaseModel):
     """Image-caption pairs: ``captions: world`` (the generated world's, of ``styles``) or a captions.jsonl
     (or the folder holding one); ``max_pairs``: a seeded random subset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     captions: str = "world"
+    """``world`` (the generated world's captions) or a captions.jsonl, or the folder holding one."""
     styles: list[Literal["base", "shifted"]] = Field(default_factory=lambda: ["base", "shifted"], min_length=1)
+    """``captions: world``: the styles whose captions are used."""
     world_scale: float = Field(1.0, gt=0)
+    """``captions: world``: the generated world's scale (as ``data.world_scale``)."""
     world_seed: int = Field(0, ge=0)
+    """``captions: world``: which draw of the world (as ``data.world_seed``)."""
     max_pairs: int | None = Field(None, ge=2)
+    """Use a random subset of this many pairs (seeded by ``train.seed``)."""
 
 
 @dataclass(frozen=True)

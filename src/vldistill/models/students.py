@@ -48,26 +48,43 @@ class StudentConfig(BaseModel):
     of ``buckets`` hashed n-gram embeddings of width ``hidden_size``. The other size fields do not apply.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     kind: Literal["fusion", "dual", "prior"] = "fusion"
+    """``fusion`` (ViLT), ``dual`` (DiDE's dual encoder: image tower, text tower, fusion MLP) or ``prior``
+    (the text-only control)."""
     pretrained: str | None = None
+    """A checkpoint (hub id or folder): a ViLT for ``fusion``, a dual student saved by vldistill for ``dual``;
+    it wins over the size fields."""
     image_pretrained: str | None = None
+    """``dual``: the image tower's checkpoint (a ViT or CLIP); without it a tiny tower is built."""
     text_pretrained: str | None = None
+    """``dual``: the text tower's checkpoint (any Hugging Face text encoder); without it a tiny tower is built."""
     hidden_size: int = Field(64, ge=1)
+    """Tiny student: the width (``prior``: of its n-gram embeddings)."""
     num_layers: int = Field(2, ge=1)
+    """Tiny student: transformer layers (per tower for ``dual``)."""
     num_heads: int = Field(2, ge=1)
+    """Tiny student: attention heads."""
     intermediate_size: int = Field(128, ge=1)
+    """Tiny student: the feed-forward width."""
     image_size: int = Field(64, ge=1)
+    """Input images are resized to this square size in pixels (a pretrained image tower keeps its own
+    unless this is set)."""
     patch_size: int = Field(8, ge=1)
+    """Tiny student: the patch size in pixels (``image_size`` must be a multiple)."""
     max_text_len: int = Field(40, ge=1)
-    vocab_size: int = 30522  # the MiniLM / BERT-uncased WordPiece vocabulary
-    buckets: int = Field(65536, ge=2)  # kind prior: hashed unigram + bigram embeddings (fastText's "buckets")
-    # Std of the normal initialisation of a tiny student (transformers' initializer_range; BERT and ViLT
-    # use 0.02). A 2-layer ViLT of width 64 at 0.02 sat at the text-only prior on the generated world
-    # (SNLI-VE at ln 3 for 1,500 steps: its [CLS] barely depends on the input at that scale); at 0.1 it
+    """Tokens per text, special tokens included; at most the model's text positions (ViLT 40, BERT 512,
+    CLIP 77)."""
+    vocab_size: int = 30522
+    """Tiny student: the vocabulary size (the MiniLM / BERT-uncased WordPiece vocabulary)."""
+    buckets: int = Field(65536, ge=2)
+    """``prior``: hashed unigram + bigram embeddings (fastText's "buckets")."""
+    # BERT and ViLT use 0.02. A 2-layer ViLT of width 64 at 0.02 sat at the text-only prior on the generated
+    # world (SNLI-VE at ln 3 for 1,500 steps: its [CLS] barely depends on the input at that scale); at 0.1 it
     # used the image within 500 steps. The demo sets 0.1; pretrained checkpoints keep their own.
     initializer_range: float = Field(0.02, gt=0)
+    """Tiny student: the std of its normal initialisation (transformers' ``initializer_range``)."""
 
     @model_validator(mode="after")
     def _check(self) -> StudentConfig:
@@ -217,8 +234,12 @@ def _build_prior(cfg: StudentConfig, task: str, num_labels: int, answers: list[s
     return TextPriorStudent.for_task(task, num_labels, answers, buckets=cfg.buckets, hidden_size=cfg.hidden_size)
 
 
-def _model_card(kind: str, task: str) -> str:
-    """``README.md`` of a saved student: what it is and how to load it without vldistill's training code."""
+def loading_instructions(kind: str, task: str) -> str:
+    """Markdown: how to load a saved student of ``kind`` for ``task`` without vldistill's training code, and score it.
+
+    The code refers to the student's folder as ``folder``. Part of every saved student's ``README.md``
+    (and of a training run's model card, :mod:`vldistill.training.model_card`).
+    """
     if kind == "fusion":
         hf_class = _hf_class(task).__name__
         usage = f"""A ViLT fine-tuned for {task}: transformers loads it as it is.
@@ -260,7 +281,12 @@ logits = model(processor(examples, images)).logits  # vldistill TaskExample reco
         "`vldistill eval THIS_FOLDER CONFIG` scores it on a config's evaluation splits (`vldistill eval RUN` "
         "when it is the `final/` of a training run, whose `config.yaml` is used)."
     )
-    return f"# vldistill {kind} student ({task})\n\n{usage}\n\n{scoring}\n"
+    return f"{usage}\n\n{scoring}"
+
+
+def _model_card(kind: str, task: str) -> str:
+    """``README.md`` of a saved student: what it is and how to load it without vldistill's training code."""
+    return f"# vldistill {kind} student ({task})\n\n{loading_instructions(kind, task)}\n"
 
 
 def save_student(model: nn.Module, directory: str | Path, processor: Processor | None = None) -> Path:

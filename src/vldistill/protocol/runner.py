@@ -38,44 +38,66 @@ RUN_PREFIX = "run:"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Condition(_Strict):
     """A training condition: full supervision, or a low-shot subset."""
 
     name: str
+    """The condition's name in the report (``full`` is required: the domain shift is evaluated on its runs)."""
     fraction: float | None = Field(None, gt=0, le=1)
+    """Low-shot: this fraction of the training records (``data.fraction``)."""
     per_group: int | None = Field(None, ge=1)
-    # Low-shot runs see fewer examples per epoch; more epochs keep them from stopping after a handful
-    # of steps (with 10% of the data and the full run's epochs, every method predicts the majority).
+    """Low-shot: this many records per answer / label (``data.per_group``)."""
+    # With 10% of the data and the full run's epochs, every method predicted the majority.
     epochs: int | None = Field(None, ge=1)
-    train: dict[str, Any] | None = None  # overrides of the train section under this condition (e.g. max_steps)
+    """``train.epochs`` under this condition: low-shot runs see fewer examples per epoch, more epochs keep
+    them from stopping after a handful of steps."""
+    train: dict[str, Any] | None = None
+    """Overrides of the ``train`` section under this condition (e.g. ``max_steps``)."""
 
 
 class MethodEntry(_Strict):
     """A column of the protocol: a method (config ``method:`` section) and optionally its own student."""
 
     method: dict[str, Any] = Field(default_factory=lambda: {"name": "none"})
+    """The experiment's ``method`` section; a teacher's ``pretrained: "run:<condition>/<label>/seed<k>"``
+    names the ``final/`` student of another run of the same task (``{seed}``: the cell's own seed)."""
     student: dict[str, Any] | None = None
-    conditions: list[str] | None = None  # run only under these conditions (default: all)
-    train: dict[str, Any] | None = None  # overrides of the base train section
+    """Overrides of the base ``student`` section (``{kind: prior}``: the text-only control)."""
+    conditions: list[str] | None = None
+    """Run only under these conditions (default: all)."""
+    train: dict[str, Any] | None = None
+    """Overrides of the base ``train`` section."""
 
 
 class ProtocolConfig(_Strict):
+    """The protocol: ``vldistill protocol PROTOCOL.yaml`` trains tasks x conditions x methods x seeds."""
+
     name: str = "protocol"
+    """The protocol's name (each run is named ``<name>/<task>/<condition>/<label>/seed<k>``)."""
     base: dict[str, Any]
+    """The experiment config every run starts from (``data.task`` and the subset keys are set per cell)."""
     tasks: list[Literal["vqa", "snli_ve", "vcr", "nlvr2"]]
+    """The tasks (rows of the report)."""
     conditions: list[Condition] = Field(default_factory=lambda: [Condition(name="full")])
+    """The training conditions."""
     shift: bool = True
-    roots: dict[str, str] = Field(default_factory=dict)  # task -> dataset root (else base.data.root)
-    # task -> overrides of the base config for that task (e.g. {vqa: {data: {dev_holdout: 750}}}: VQA v2
-    # has no dev split, SNLI-VE has one)
+    """Evaluate the ``full`` runs on the domain-shifted root too (reported as condition ``shift``)."""
+    roots: dict[str, str] = Field(default_factory=dict)
+    """Task -> dataset root (else ``base.data.root``)."""
     per_task: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    shift_roots: dict[str, str] = Field(default_factory=dict)  # task -> domain-shifted root
+    """Task -> overrides of the base config for that task (e.g. ``{vqa: {data: {dev_holdout: 750}}}``: VQA
+    v2 has no dev split, SNLI-VE has one)."""
+    shift_roots: dict[str, str] = Field(default_factory=dict)
+    """Task -> domain-shifted dataset root."""
     methods: dict[str, MethodEntry]
+    """Label -> method entry (columns of the report)."""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    jobs: int = Field(1, ge=1)  # runs trained at once, each in its own process (vldistill protocol --jobs)
+    """Training seeds; each is also the low-shot subset's seed."""
+    jobs: int = Field(1, ge=1)
+    """Runs trained at once, each in its own process (``vldistill protocol --jobs``)."""
 
     @model_validator(mode="after")
     def _check(self) -> ProtocolConfig:

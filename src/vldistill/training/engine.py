@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch import nn
 
 from vldistill.errors import VldistillError
 from vldistill.training.sharding import check_launch
+from vldistill.training.trackers import TENSORBOARD_DIR, tracker_names
 
 
 class NumericsError(VldistillError):
@@ -64,15 +65,24 @@ def build_optimizer(model: nn.Module, tc: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=tc.lr, fused=True)
 
 
-def make_accelerator(mixed_precision: str, out_dir: Path, *, fsdp: bool = False, command: str = "train") -> Accelerator:
-    """The accelerator of a run: TensorBoard under ``out_dir/tensorboard``, the global batch split across processes.
+def make_accelerator(
+    mixed_precision: str,
+    out_dir: Path,
+    log_with: str | list[str] = "tensorboard",
+    *,
+    fsdp: bool = False,
+    command: str = "train",
+) -> Accelerator:
+    """The accelerator of a run: its trackers (``log_with``, :mod:`~vldistill.training.trackers`; TensorBoard under
+    ``out_dir/tensorboard``), the global batch split across processes.
 
     Gradient accumulation is ours (:class:`AccumulationPlan`), not accelerate's: accelerate divides
     every micro-batch's loss by the configured number of steps, also in an epoch's last, shorter window.
     ``fsdp``: whether ``command``'s loop supports an FSDP launch (:mod:`vldistill.training.sharding`).
 
     Raises:
-        ConfigError: an FSDP launch this run cannot honour (:func:`vldistill.training.sharding.check_launch`).
+        ConfigError: a tracker of ``log_with`` whose package is not installed (names the ``pip install``);
+            an FSDP launch this run cannot honour (:func:`vldistill.training.sharding.check_launch`).
     """
     accelerator = Accelerator(
         # Without a GPU, cpu=True is what makes accelerate run several torchrun processes as DDP over
@@ -81,8 +91,8 @@ def make_accelerator(mixed_precision: str, out_dir: Path, *, fsdp: bool = False,
         mixed_precision=mixed_precision if torch.cuda.is_available() else "no",
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs()],
-        log_with="tensorboard",
-        project_dir=str(out_dir),
+        log_with=tracker_names(log_with),
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / TENSORBOARD_DIR)),
     )
     check_launch(accelerator, supported=fsdp, command=command)
     return accelerator

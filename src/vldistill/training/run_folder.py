@@ -1,8 +1,8 @@
 """A run folder: what ``vldistill train`` and ``vldistill pretrain`` keep there, and when a folder may be reused.
 
 A run folder holds ``config.yaml`` (the resolved config: every default filled in, ``--set``
-overrides applied; ``vldistill eval RUN`` reads it), ``checkpoints/``, ``tensorboard/``,
-``metrics.jsonl``, ``subset.json``, ``final/`` and ``summary.json``.
+overrides applied; ``vldistill eval RUN`` reads it), ``checkpoints/``, ``tensorboard/`` (``wandb/`` with that
+tracker), ``metrics.jsonl``, ``subset.json``, ``final/`` and ``summary.json``.
 
 ``metrics.jsonl`` has three kinds of rows: one per ``log_every`` steps, ``{"kind": "step", "step",
 "epoch", "lr", "loss", "grad_norm", "train_<term>"...}`` (``loss``: the total loss of the step's
@@ -10,8 +10,9 @@ window, the one whose gradient was applied; ``grad_norm``: before clipping); one
 ``{"kind": "dev", "step", "epoch", "dev": {metric: value}, "best": bool}`` (``best``: these weights are
 the selected ones so far, see :mod:`vldistill.training.model_selection`); and one per epoch without ``kind``
 (the trainer's own fields: ``epoch``, ``step``, the epoch's mean ``train_<term>``, ``eval``,
-``seconds``). TensorBoard gets ``train/lr``, ``train/loss``, ``train/grad_norm`` and
-``train/<term>`` at the same steps, and ``dev/<metric>`` at each dev evaluation.
+``seconds``). The trackers (``train.log_with``, TensorBoard by default: :mod:`vldistill.training.trackers`)
+get ``train/lr``, ``train/loss``, ``train/grad_norm`` and ``train/<term>`` at the same steps, ``dev/<metric>``
+at each dev evaluation, and the resolved config as hyperparameters.
 
 Reuse rules:
 
@@ -47,10 +48,20 @@ from vldistill.training import checkpoint as ckpt
 from vldistill.training import sharding
 from vldistill.training.engine import NumericsError
 from vldistill.training.interrupt import Interrupted, StopSignals
+from vldistill.training.trackers import PROJECT, TENSORBOARD_DIR, HParam, flat_hparams, tracker_init_kwargs
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
-RUN_ENTRIES = (CONFIG_FILE, "checkpoints", "tensorboard", METRICS_FILE, "subset.json", "final", "summary.json")
+RUN_ENTRIES = (
+    CONFIG_FILE,
+    "checkpoints",
+    TENSORBOARD_DIR,
+    "wandb",
+    METRICS_FILE,
+    "subset.json",
+    "final",
+    "summary.json",
+)
 
 
 @dataclass
@@ -141,7 +152,7 @@ def prepare(out_dir: Path, tree: Mapping[str, Any], *, resume: bool, overwrite: 
     if overwrite or (not resume and not holds_work(out_dir)):  # nothing there a run made: start clean
         stale = RUN_ENTRIES
     elif resume and not _has_checkpoint(out_dir):
-        stale = ("tensorboard", METRICS_FILE)
+        stale = (TENSORBOARD_DIR, METRICS_FILE)
     for name in stale:
         path = out_dir / name
         if path.is_dir():
@@ -193,7 +204,7 @@ class RunFolder:
         self.metrics = self.out_dir / METRICS_FILE
         self.checkpoints = self.out_dir / "checkpoints"
         self.signals = StopSignals()
-        tree = config.model_dump(mode="json")
+        self.tree = tree = config.model_dump(mode="json")
         changes = check_reuse(self.out_dir, tree, resume=resume, overwrite=overwrite, harmless=harmless)
         self._held_run = any((self.out_dir / name).exists() for name in RUN_ENTRIES)
         accelerator.wait_for_everyone()  # every process has checked before the folder changes
@@ -213,11 +224,19 @@ class RunFolder:
         self.signals.__exit__(kind, value, tb)
         self.accelerator.end_training()
 
-    def restore(self, modules: dict[str, nn.Module], optimizer: Any, scheduler: Any) -> Position:
+    def restore(
+        self,
+        modules: dict[str, nn.Module],
+        optimizer: Any,
+        scheduler: Any,
+        extra_hparams: Mapping[str, HParam] | None = None,
+    ) -> Position:
         """Load the newest whole checkpoint (when resuming) and start the trackers; returns the position.
 
         ``modules["model"]`` is the prepared model (the optimizer's parameters); under FSDP the whole
         tensors of the checkpoint are sharded as they load (:mod:`vldistill.training.sharding`).
+        The trackers (``train.log_with``) get the run's resolved config, flattened to dotted keys
+        (:func:`~vldistill.training.trackers.flat_hparams`), and ``extra_hparams`` as hyperparameters.
         """
         self._state = (modules, optimizer, scheduler)
         pos = Position()
@@ -237,9 +256,11 @@ class RunFolder:
             self.accelerator.print(f"no checkpoint in {self.checkpoints}; starting from the beginning")
         if self.accelerator.is_main_process:
             trim_rows(self.metrics, pos)
-        # TensorBoard hides the events of steps after the checkpoint that an earlier attempt wrote.
-        purge = {"tensorboard": {"purge_step": pos.step + 1}} if self.resume else {}
-        self.accelerator.init_trackers("tensorboard", init_kwargs=purge)
+        # The trackers get the resolved config (and ``extra_hparams``) as hyperparameters; TensorBoard hides
+        # the events of steps after the checkpoint that an earlier attempt wrote.
+        hparams = {**flat_hparams(self.tree), **(extra_hparams or {})}
+        init_kwargs = tracker_init_kwargs(self.out_dir, str(self.tree.get("name")), pos.step if self.resume else None)
+        self.accelerator.init_trackers(PROJECT, config=hparams, init_kwargs=init_kwargs)
         return pos
 
     def save(self, pos: Position) -> None:

@@ -45,6 +45,7 @@ from vldistill.training.engine import (
 from vldistill.training.evaluate import PRIMARY_METRIC, Evaluator
 from vldistill.training.experiment import Built, EvalSet, build_models, load_data
 from vldistill.training.interrupt import ignore_stop_signals
+from vldistill.training.model_card import write_run_card
 from vldistill.training.model_selection import ModelSelection
 from vldistill.training.progress import TrainProgress
 from vldistill.training.run_folder import Position, RunFolder
@@ -64,6 +65,7 @@ HARMLESS_CHANGES = frozenset(
         "train.threads",
         "train.eval_batch_size",
         "train.eval_each_epoch",
+        "train.log_with",
         "cache.dir",
         "cache.shard_size",
     }
@@ -152,12 +154,15 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the student with the configured method; returns the final evaluation.
 
     Writes ``out_dir/config.yaml``, ``metrics.jsonl`` (a row every ``train.log_every`` steps, one per
-    dev evaluation and one per epoch), ``tensorboard/``, ``checkpoints/``, ``final/`` (the selected
-    student, a Hugging Face directory) and ``summary.json``::
+    dev evaluation and one per epoch), ``tensorboard/`` (the trackers of ``train.log_with``),
+    ``checkpoints/``, ``final/`` (the selected student, a Hugging Face directory, with its model card
+    ``README.md``: :mod:`vldistill.training.model_card`, which records ``command``, by default this
+    process's command line) and ``summary.json``::
 
         {"task", "method", "student", "train_examples", "processes", "steps", "primary_metric", "seconds",
          "eval": {split: {metric: value}},   # "eval", "shifted", "eval:shuffled", "shifted:shuffled"
@@ -178,7 +183,7 @@ def train(
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    accelerator = make_accelerator(tc.mixed_precision, out_dir, fsdp=True)
+    accelerator = make_accelerator(tc.mixed_precision, out_dir, tc.log_with, fsdp=True)
     main = accelerator.is_main_process
     run = RunFolder(
         accelerator,
@@ -249,7 +254,10 @@ def train(
     # shards it in prepare) an unsharded replica that every process refreshes together: main_student(model).
     main_student = MainStudent(accelerator, built.student, prefix="student.")
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    pos = run.restore({"model": accelerator.unwrap_model(model), "selection": selection}, optimizer, scheduler)
+    switches = {f"switches.{k}": v for k, v in built.method.describe().items()}  # as the method applies them
+    pos = run.restore(
+        {"model": accelerator.unwrap_model(model), "selection": selection}, optimizer, scheduler, switches
+    )
     metric = PRIMARY_METRIC[data.task]
 
     progress = TrainProgress(enabled=show_progress and main, total=last_step, completed=pos.step, epoch=pos.epoch)
@@ -328,4 +336,5 @@ def train(
         save_student(student, out_dir / "final", built.processor)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_run_card(out_dir, cfg, summary, built.method, student, command)
     return summary

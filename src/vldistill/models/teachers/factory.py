@@ -35,36 +35,42 @@ _PACKAGED = {EFFICIENTNET_LITE0: "vision", MINILM: "text"}
 class TinyTeacherConfig(BaseModel):
     """A small random model (both towers / the encoder share these sizes)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     hidden_size: int = Field(32, ge=1)
+    """The width."""
     num_layers: int = Field(2, ge=1)
+    """Transformer layers (per tower)."""
     num_heads: int = Field(2, ge=1)
+    """Attention heads."""
     intermediate_size: int = Field(64, ge=1)
+    """The feed-forward width."""
     patch_size: int = Field(8, ge=1)
+    """The patch size in pixels."""
     projection_dim: int = Field(16, ge=1)
+    """CLIP: the width of the joint image-text space."""
     num_labels: int = Field(3, ge=1)
+    """``fusion``: the classes of its head."""
     tokenizer: str = MINILM
+    """``"minilm"`` (the packaged MiniLM WordPiece tokenizer) or a hub id / folder."""
 
 
 class TeacherConfig(BaseModel):
-    """One teacher: ``kind`` and either ``pretrained`` or ``tiny``.
+    """One teacher: ``kind`` and either ``pretrained`` or ``tiny``."""
 
-    Attributes:
-        kind: ``clip`` | ``vision`` | ``text`` | ``fusion``.
-        pretrained: hub id, directory, ``"efficientnet-lite0"`` (vision) or ``"minilm"`` (text).
-        tiny: build a small random model instead (its ``tokenizer``: ``"minilm"`` or a hub id/dir).
-        image_size: input size in px (default: the checkpoint's; 224 for EfficientNet; 32 for tiny).
-        max_length: text tokens per text, special tokens included.
-    """
-
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     kind: TeacherKind
+    """``clip`` (image and text towers), ``vision`` (an image backbone), ``text`` (a text encoder) or
+    ``fusion`` (a fine-tuned ViLT)."""
     pretrained: str | None = None
+    """A hub id or folder, or a packaged model: ``"efficientnet-lite0"`` (vision) or ``"minilm"`` (text)."""
     tiny: TinyTeacherConfig | None = None
+    """Build a small randomly initialised model instead of ``pretrained`` (tests, smoke runs)."""
     image_size: int | None = Field(None, ge=8)
+    """Input size in pixels (default: the checkpoint's; 224 for EfficientNet; 32 for a tiny teacher)."""
     max_length: int = Field(40, ge=4)
+    """Tokens per text, special tokens included."""
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherConfig:
