@@ -6,6 +6,7 @@ rounds. Interleaving and medians keep the ratios honest on a machine that other 
 
     python bench/run.py --quick --json bench-quick.json    # < 5 minutes on 2 CPU cores
     python bench/run.py --json bench.json                  # more repeats, batch 32, plus the demo
+    python bench/run.py --real-size --json bench-real.json # the presets' sizes, random weights, batch 4
 
 Figures (see BENCHMARKS.md for results and targets):
 - ``cache_overhead_ratio``: a ``mad`` step reading the teacher cache / a ``none`` step.
@@ -14,17 +15,28 @@ Figures (see BENCHMARKS.md for results and targets):
 - ``dual_vs_fusion_speedup_precomputed``: ViLT time per question / the dual encoder's, images encoded
   once up front; ``..._amortized`` encodes the images inside the timed call, once per image;
   ``..._cold`` encodes each question's image again.
+
+Each case's peak memory (``peak_memory_mib``) is measured on one more call after the timed rounds
+(:class:`vldistill.training.timing.PeakMemory` says how). The timed training step is the training loop's
+own (:class:`vldistill.training.timing.StepRunner`, which ``vldistill plan --cost`` times too); the ``mad``
+cache and live cases step one student, so they differ only in where the teachers' targets come from.
+
+``--real-size`` builds the real-size presets' architectures with random weights (no download): a
+ViLT-B/32 student (hidden 768, 12 layers, 12 heads, 384 px, patch 32, 40 text tokens); as ``mad``
+teachers a ViT-B/16 at 224 px (the shape of CLIP ViT-B/16's image tower) and a 12-layer, 768-wide
+text encoder (RoBERTa-base's shape; BERT's 30,522-word vocabulary instead of RoBERTa's 50,265, which
+changes the embedding table, not the compute); the dual encoder's towers as deep as the ViLT.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,26 +47,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedDataParallelKwargs
-from transformers import get_linear_schedule_with_warmup
 from transformers.utils import logging as hf_logging
 
 from vldistill.config import ExperimentConfig, parse_config
-from vldistill.data.loader import Batch, ExampleDataset, ImageStore, collate_fn
+from vldistill.data.loader import Batch, ImageStore
 from vldistill.models.dual import TowerEncoding
 from vldistill.models.heads import task_loss
 from vldistill.models.students import StudentConfig, build_student
 from vldistill.training.cache import open_teacher_cache
-from vldistill.training.engine import optimizer_step
-from vldistill.training.experiment import Built, DataBundle, build_models, load_data, student_processor
-from vldistill.training.train import (
-    DistillModel,
-    batch_to_device,
-    build_optimizer,
-    micro_step,
-    teacher_targets_for_batch,
+from vldistill.training.experiment import DataBundle, build_models, load_data, student_processor
+from vldistill.training.timing import (
+    PeakMemory,
+    StepRunner,
+    fixed_batches,
+    interleaved_times,
+    timing_accelerator,
 )
+from vldistill.training.train import batch_to_device
 
 STUDENT = {
     "hidden_size": 128,
@@ -64,9 +73,15 @@ STUDENT = {
     "image_size": 64,
     "patch_size": 8,
 }
-REAL_TEACHERS = {
+PACKAGED_TEACHERS = {
     "vision": {"kind": "vision", "pretrained": "efficientnet-lite0", "image_size": 64},
     "text": {"kind": "text", "pretrained": "minilm"},
+}
+BASE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072}  # BERT/ViT-Base
+REAL_SIZE_STUDENT = {**BASE, "image_size": 384, "patch_size": 32, "max_text_len": 40}  # ViLT-B/32
+REAL_SIZE_TEACHERS = {
+    "vision": {"kind": "vision", "tiny": {**BASE, "patch_size": 16}, "image_size": 224},  # CLIP ViT-B/16's image tower
+    "text": {"kind": "text", "tiny": BASE},  # RoBERTa-base's shape
 }
 
 
@@ -75,7 +90,7 @@ class Setting:
     """Sizes and repeat counts of one benchmark run (all recorded in the JSON)."""
 
     student: dict[str, int] = field(default_factory=lambda: dict(STUDENT))
-    teachers: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(REAL_TEACHERS))
+    teachers: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(PACKAGED_TEACHERS))
     batch_size: int = 32
     train_batches: int = 4  # distinct batches the training steps cycle through
     images: int = 16  # images per inference call
@@ -83,10 +98,24 @@ class Setting:
     world_scale: float = 0.1
     repeats: int = 40
     warmup: int = 5
+    bare: bool = True  # also time a bare PyTorch step (trainer_overhead_ratio)
+    targets: dict[str, tuple[str, float]] = field(default_factory=dict)  # figure -> target, over FIGURES
 
 
 QUICK = Setting(batch_size=16, images=8, repeats=15, warmup=3)
 FULL = Setting()
+REAL_SIZE = Setting(
+    student=dict(REAL_SIZE_STUDENT),
+    teachers=dict(REAL_SIZE_TEACHERS),
+    batch_size=4,
+    train_batches=2,
+    images=2,
+    questions_per_image=5,
+    repeats=5,
+    warmup=1,
+    bare=False,
+    targets={"cache_overhead_ratio": ("<=", 1.05)},  # issue 15's goal at real size
+)
 # A figure: (name, numerator case, denominator case, target as (comparison, bound) or None).
 FIGURES: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("cache_overhead_ratio", "train_mad_cache", "train_none", ("<=", 1.10)),
@@ -96,45 +125,6 @@ FIGURES: list[tuple[str, str, str, tuple[str, float] | None]] = [
     ("dual_vs_fusion_speedup_amortized", "fusion", "dual_amortized", None),
     ("dual_vs_fusion_speedup_cold", "fusion", "dual_cold", None),
 ]
-
-
-@dataclass
-class Timings:
-    """Seconds per call of each case: ``wall`` (``time.perf_counter``) and ``cpu`` (this process's CPU
-    time, all threads: on a shared machine it counts only the cycles we got, not the waiting)."""
-
-    wall: dict[str, list[float]]
-    cpu: dict[str, list[float]]
-
-    def ratio(self, numerator: str, denominator: str, clock: str = "wall") -> float:
-        """``median(numerator) / median(denominator)`` on ``clock``."""
-        times = getattr(self, clock)
-        return statistics.median(times[numerator]) / statistics.median(times[denominator])
-
-    def median_ms(self, clock: str = "wall", per: int = 1) -> dict[str, float]:
-        return {n: round(1000 * statistics.median(t) / per, 3) for n, t in getattr(self, clock).items()}
-
-
-def interleaved_times(
-    cases: dict[str, Callable[[], object]], *, repeats: int, warmup: int, sync: Callable[[], None] = lambda: None
-) -> Timings:
-    """Time each case over ``repeats`` rounds; round ``r`` runs the cases starting at number ``r mod n``.
-
-    ``warmup`` untimed rounds come first; ``sync`` (e.g. ``torch.cuda.synchronize``) runs before
-    each clock read so that asynchronous devices are timed to completion.
-    """
-    names = list(cases)
-    timings = Timings({n: [] for n in names}, {n: [] for n in names})
-    for r in range(warmup + repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync()
-            wall, cpu = time.perf_counter(), time.process_time()
-            cases[name]()
-            sync()
-            if r >= warmup:
-                timings.wall[name].append(time.perf_counter() - wall)
-                timings.cpu[name].append(time.process_time() - cpu)
-    return timings
 
 
 def experiment_config(method: str, setting: Setting, cache_dir: Path) -> ExperimentConfig:
@@ -151,47 +141,6 @@ def experiment_config(method: str, setting: Setting, cache_dir: Path) -> Experim
     )
 
 
-def _train_batches(data: DataBundle, built: Built, setting: Setting, device: torch.device) -> list[Batch]:
-    collate = collate_fn(built.processor, data.task, data.builder.answers or None)
-    loader = torch.utils.data.DataLoader(
-        ExampleDataset(data.train, ImageStore()), batch_size=setting.batch_size, collate_fn=collate, drop_last=True
-    )
-    return [batch_to_device(b, device) for b in itertools.islice(loader, setting.train_batches)]
-
-
-def vldistill_step(
-    cfg: ExperimentConfig, data: DataBundle, batches: list[Batch], accelerator: Accelerator, *, use_cache: bool
-) -> Callable[[], None]:
-    """One optimizer step per call on the very path of ``vldistill.training.train`` (batches cycled)."""
-    device, tc = accelerator.device, cfg.train
-    built = build_models(cfg, data)
-    built.student.to(device)
-    for teacher in built.method.teachers.values():
-        teacher.to(device)
-    cache = None
-    if use_cache and built.method.teachers:
-        cache = open_teacher_cache(cfg, data, built.method, store=ImageStore())
-    with torch.no_grad():
-        sample = built.student(batches[0].student, output_cross_attention=built.method.needs_cross_attention)
-    built.method.setup(sample, teacher_targets_for_batch(built, batches[0], cache, device))
-    built.method.projections.to(device)
-    model = DistillModel(built.student, built.method)
-    optimizer = build_optimizer(model, tc)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 10, 100_000)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    cycle = itertools.cycle(batches)
-
-    def step() -> None:
-        batch = batch_to_device(next(cycle), device)
-        targets = teacher_targets_for_batch(built, batch, cache, device)
-        terms = micro_step(model, batch, targets, accelerator)
-        optimizer_step(accelerator, model, optimizer, scheduler, tc.max_grad_norm)
-        for v in terms.values():  # the loop's per-term bookkeeping
-            float(v.detach())
-
-    return step
-
-
 def bare_step(
     cfg: ExperimentConfig, data: DataBundle, batches: list[Batch], device: torch.device
 ) -> Callable[[], None]:
@@ -203,7 +152,7 @@ def bare_step(
     optimizer = torch.optim.AdamW(
         student.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True
     )
-    cycle = itertools.cycle(batches)
+    cycle = itertools.cycle([batch_to_device(b, device) for b in batches])
 
     def step() -> None:
         batch = next(cycle)
@@ -218,22 +167,30 @@ def bare_step(
 def training_cases(
     setting: Setting, data: DataBundle, workdir: Path, device: torch.device
 ) -> dict[str, Callable[[], None]]:
-    """The four training steps, each with its own student (same initial weights) and optimizer."""
+    """The training steps: ``none``, ``mad`` reading the cache and ``mad`` with live teachers (one student,
+    so the two differ only in where the targets come from), and the bare loop (``setting.bare``).
+
+    The ``none`` and ``mad`` students start from the same weights; the cache holds the timed batches' rows.
+    """
     none_cfg = experiment_config("none", setting, workdir / "teachers")
     mad_cfg = experiment_config("mad", setting, workdir / "teachers")
-    batches = _train_batches(data, build_models(none_cfg, data), setting, device)
-    accelerator = Accelerator(
-        mixed_precision="no",
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        cpu=device.type == "cpu",
-    )
-    return {
-        "train_none": vldistill_step(none_cfg, data, batches, accelerator, use_cache=False),
-        "train_mad_cache": vldistill_step(mad_cfg, data, batches, accelerator, use_cache=True),
-        "train_mad_live": vldistill_step(mad_cfg, data, batches, accelerator, use_cache=False),
-        "bare_none": bare_step(none_cfg, data, batches, device),
+    accelerator = timing_accelerator(device=device)
+    none_built = build_models(none_cfg, data)
+    answers = data.builder.answers or None
+    batches = fixed_batches(none_built, data.task, answers, data.train, setting.batch_size, setting.train_batches)
+    none = StepRunner(none_cfg, none_built, batches[0], accelerator)
+    mad_built = build_models(mad_cfg, data)
+    mad = StepRunner(mad_cfg, mad_built, batches[0], accelerator)
+    timed = replace(data, train=[ex for b in batches for ex in b.examples])
+    cache = open_teacher_cache(mad_cfg, timed, mad_built.method, store=ImageStore())
+    cases = {
+        "train_none": none.stepper(batches),
+        "train_mad_cache": mad.stepper(batches, cache),
+        "train_mad_live": mad.stepper(batches),
     }
+    if setting.bare:
+        cases["bare_none"] = bare_step(none_cfg, data, batches, device)
+    return cases
 
 
 def inference_cases(setting: Setting, data: DataBundle, device: torch.device) -> dict[str, Callable[[], object]]:
@@ -276,23 +233,38 @@ def inference_cases(setting: Setting, data: DataBundle, device: torch.device) ->
     }
 
 
+def _mib(memory: dict[str, dict[str, int | None]]) -> dict[str, dict[str, float | None]]:
+    return {
+        case: {k: None if v is None else round(v / 2**20, 1) for k, v in values.items()}
+        for case, values in memory.items()
+    }
+
+
 def run_benchmarks(setting: Setting, workdir: Path, device: torch.device) -> dict[str, Any]:
-    """Time every case; return the figures and the medians (ms per step; ms per question)."""
+    """Time every case; return the figures, the medians (ms per step; ms per question) and peak memory (MiB)."""
     data = load_data(experiment_config("none", setting, workdir).data)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    train = interleaved_times(
-        training_cases(setting, data, workdir, device), repeats=setting.repeats, warmup=setting.warmup, sync=sync
-    )
-    infer = interleaved_times(
-        inference_cases(setting, data, device), repeats=setting.repeats, warmup=setting.warmup, sync=sync
-    )
+    memory = PeakMemory(device)
+    print("timing training steps ...", file=sys.stderr)
+    cases = training_cases(setting, data, workdir, device)
+    train = interleaved_times(cases, repeats=setting.repeats, warmup=setting.warmup, sync=sync)
+    peaks = {"train_step": _mib(memory.measure(cases))}
+    del cases  # the training models go before the inference ones are built
+    gc.collect()
+    print("timing inference ...", file=sys.stderr)
+    cases = inference_cases(setting, data, device)
+    infer = interleaved_times(cases, repeats=setting.repeats, warmup=setting.warmup, sync=sync)
+    peaks["inference_call"] = _mib(memory.measure(cases))
     questions = setting.images * setting.questions_per_image
     clocks = ("wall", "cpu") if device.type == "cpu" else ("wall",)
     groups = (("train_step_ms", train, 1), ("inference_ms_per_question", infer, questions))
     medians = {f"{group}_{clock}": timings.median_ms(clock, per) for group, timings, per in groups for clock in clocks}
     figures = {}
     for name, num, den, target in FIGURES:
+        target = setting.targets.get(name, target)
         timings = train if num in train.wall else infer
+        if num not in timings.wall or den not in timings.wall:
+            continue  # a case this setting does not time (bare_none with --real-size)
         value = timings.ratio(num, den)
         meets = None if target is None else (value <= target[1] if target[0] == "<=" else value >= target[1])
         figures[name] = {
@@ -304,7 +276,12 @@ def run_benchmarks(setting: Setting, workdir: Path, device: torch.device) -> dic
         }
         if "cpu" in clocks:
             figures[name]["cpu_time_value"] = round(timings.ratio(num, den, "cpu"), 4)
-    return {"figures": figures, "medians": medians}
+    return {
+        "figures": figures,
+        "medians": medians,
+        "peak_memory_mib": peaks,
+        "peak_memory_source": memory.source,
+    }
 
 
 def demo_seconds(timeout: int = 3600) -> float | str:
@@ -346,7 +323,11 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="smaller, no demo (< 5 min, 2 cores)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller, no demo (< 5 min, 2 cores)")
+    size.add_argument(
+        "--real-size", action="store_true", help="the presets' model sizes, random weights, batch 4, no demo"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -356,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hf_logging.set_verbosity_error()  # the packaged MiniLM's unused-pooler load report is not news here
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
-    setting = QUICK if args.quick else FULL
+    setting = REAL_SIZE if args.real_size else QUICK if args.quick else FULL
     if args.repeats:
         setting = replace(setting, repeats=args.repeats)
     device = torch.device(args.device)
@@ -372,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "setting": asdict(setting),
         **result,
     }
-    if not args.quick:
+    if not (args.quick or args.real_size):
         result["demo_seconds"] = "skipped (--skip-demo)" if args.skip_demo else demo_seconds()
     for name, fig in result["figures"].items():
         verdict = {True: "ok", False: "MISSES", None: ""}[fig["meets_target"]]
@@ -380,6 +361,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name:38s} {fig['value']:8.3f}  {fig['target'] or '':8s} {verdict:7s} {cpu}")
     for group, values in result["medians"].items():
         print(group + ": " + ", ".join(f"{n} {v:.2f}" for n, v in values.items()))
+    for group, cases in result["peak_memory_mib"].items():
+        line = ", ".join(
+            f"{n} {m['peak']}" + ("" if m["added"] is None else f" (+{m['added']})") for n, m in cases.items()
+        )
+        print(f"{group}_peak_memory_mib ({result['peak_memory_source']}): {line}")
     if "demo_seconds" in result:
         print(f"demo_seconds: {result['demo_seconds']}")
     if args.json:

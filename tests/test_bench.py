@@ -13,6 +13,8 @@ import pytest
 import torch
 from tiny_configs import TEACHERS, TINY_STUDENT
 
+from vldistill.training.timing import Timings, interleaved_times
+
 
 @pytest.fixture(scope="module")
 def bench():
@@ -25,17 +27,17 @@ def bench():
     sys.modules.pop(spec.name, None)
 
 
-def test_cases_are_interleaved_in_rotating_order_after_warmup(bench):
+def test_cases_are_interleaved_in_rotating_order_after_warmup():
     calls = []
     cases = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    timings = bench.interleaved_times(cases, repeats=2, warmup=1)
+    timings = interleaved_times(cases, repeats=2, warmup=1)
     assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert {n: len(t) for n, t in timings.wall.items()} == {"a": 2, "b": 2, "c": 2}
     assert all(t >= 0 for ts in timings.cpu.values() for t in ts)
 
 
-def test_ratio_is_of_medians(bench):
-    timings = bench.Timings(wall={"a": [1.0, 3.0, 2.0], "b": [4.0, 4.0, 8.0]}, cpu={"a": [1.0], "b": [2.0]})
+def test_ratio_is_of_medians():
+    timings = Timings(wall={"a": [1.0, 3.0, 2.0], "b": [4.0, 4.0, 8.0]}, cpu={"a": [1.0], "b": [2.0]})
     assert timings.ratio("a", "b") == 0.5
     assert timings.ratio("b", "a", clock="cpu") == 2.0
     assert timings.median_ms("wall", per=2) == {"a": 1000.0, "b": 2000.0}
@@ -81,3 +83,7 @@ def test_quick_run_writes_every_figure(bench, tmp_path, monkeypatch):
         "dual_cold",
     }
     assert all(v > 0 for group in medians.values() for v in group.values())
+    memory = result["peak_memory_mib"]
+    assert set(memory["train_step"]) == set(medians["train_step_ms_wall"])
+    assert set(memory["inference_call"]) == set(medians["inference_ms_per_question_wall"])
+    assert all(m["peak"] > 0 for group in memory.values() for m in group.values())

@@ -63,11 +63,24 @@ def plan_command(
     config: ConfigArg = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
+    cost: Annotated[
+        bool, typer.Option("--cost", help="instead: time steps here, size the teacher cache, say live or cache")
+    ] = False,
+    steps: Annotated[int, typer.Option(min=1, help="with --cost: timed steps per case")] = 3,
 ) -> None:
-    """Dry run: build everything, run one batch, print which teacher output feeds which student output."""
+    """Dry run: build everything, run one batch, print which teacher output feeds which student output.
+
+    With --cost: parameters, time per step and peak memory with live teachers and with the teacher
+    cache (measured on this machine), the cache's size for the whole training split, and which to use.
+    """
+    cfg = resolve_config(config, preset, set_)
+    if cost:
+        from vldistill.training.cost import make_cost_plan, render_cost_plan
+
+        render_cost_plan(make_cost_plan(cfg, steps=steps), console)
+        return
     from vldistill.training.plan import make_plan, render_plan
 
-    cfg = resolve_config(config, preset, set_)
     render_plan(make_plan(cfg), console)
 
 
