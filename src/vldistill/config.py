@@ -198,11 +198,17 @@ class TrainConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """Teacher-output cache: safetensors shards, memory-mapped, keyed by teacher and data fingerprints."""
+    """Teacher-output cache: safetensors shards, memory-mapped, keyed by teacher and data fingerprints.
+
+    ``fp16`` stores token features and attention maps in float16 (the real-size presets), ``int8`` in
+    int8 with a scale per token (half of float16's bytes; wins over ``fp16``); embeddings, logits and
+    candidate scores stay float32 (``vldistill.training.cache.shards``). ``shard_size``: rows per shard.
+    """
 
     enabled: bool = False
     dir: str | None = None
     fp16: bool = False
+    int8: bool = False
     shard_size: int = Field(1024, ge=1)
 
 
