@@ -125,6 +125,8 @@ IMAGE_FIELDS = frozenset({"image_tokens", "image_embeds", "image_grid", "image_t
 """Fields of one image alone (``image_grid`` is per example in the targets, the same for every image)."""
 TEXT_FIELDS = frozenset({"text_words", "text_word_mask", "text_embeds", "text_word_embeds"})
 """Fields of one text alone."""
+DISTRIBUTION_FIELDS = frozenset({"t2i", "i2t"})
+"""Fields whose rows (last dimension) are probability distributions: a fusion teacher's attention."""
 
 
 @dataclass(frozen=True)

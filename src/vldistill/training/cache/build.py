@@ -56,7 +56,7 @@ class _Writer:
     def add(self, store: str, keys: list[str], targets: Targets) -> None:
         if not keys:
             return
-        cpu = {t: {f: v.detach().cpu() for f, v in fs.items()} for t, fs in targets.items()}
+        cpu = {t: {f: v.detach().to("cpu", copy=True) for f, v in fs.items()} for t, fs in targets.items()}
         self.pending.setdefault(store, []).append((keys, cpu))
         if sum(len(k) for k, _ in self.pending[store]) >= self.shard_size:
             self.flush(store)
@@ -217,6 +217,8 @@ def _ensure(
         if refs.example not in cache.stores["examples"]:
             unique.setdefault(refs.example, (ex, refs))
     if not unique:
+        if rank == 0:
+            cache.keys.save()  # digests computed anew (e.g. a cache copied to another disk) are kept for next time
         return cache
     todo = [ex for ex, _ in unique.values()]
     refs = [r for _, r in unique.values()]

@@ -65,17 +65,29 @@ def encode(name: str, rows: torch.Tensor, storage: str) -> dict[str, torch.Tenso
     return {name: q.contiguous(), name + SCALE: scale.squeeze(-1).contiguous()}
 
 
-def decode(arrays: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:
-    """Stored arrays (name -> ``(N, ...)``, as read) -> the fields as float32 / bool / long tensors on ``device``."""
+def decode(
+    arrays: dict[str, np.ndarray], device: torch.device | str, distributions: frozenset[str] = frozenset()
+) -> dict[str, torch.Tensor]:
+    """Stored arrays (name -> ``(N, ...)``, as read) -> the fields as float32 / bool / long tensors on ``device``.
+
+    A field named in ``distributions`` (``<teacher>/<field>``'s field part) holds probability rows over
+    its last dimension; stored in float16 or int8, each row is rescaled to its original sum of 1 (rows
+    of zeros stay zero): rounding moves a little mass, and a KL divergence against near-uniform rows
+    feels mostly that (measured on DiDE's attention: ``bench/cache_size.py``).
+    """
     out: dict[str, torch.Tensor] = {}
     for name, array in arrays.items():
         if name.endswith(SCALE):
             continue
         t = torch.from_numpy(array).to(device)
+        rounded = name + SCALE in arrays or t.dtype == torch.float16
         if name + SCALE in arrays:
             t = t.float() * torch.from_numpy(arrays[name + SCALE]).to(device).unsqueeze(-1)
         elif t.dtype == torch.float16:
             t = t.float()
+        if rounded and name.split("/", 1)[-1] in distributions:
+            total = t.sum(dim=-1, keepdim=True)
+            t = torch.where(total > 0, t / total.clamp(min=torch.finfo(t.dtype).tiny), t)
         out[name] = t
     return out
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vldistill.data.examples import TaskExample
-from vldistill.distill.targets import derive
+from vldistill.distill.targets import DISTRIBUTION_FIELDS, derive
 from vldistill.errors import DataError
 from vldistill.training.cache.keys import ContentKeys, Refs
 from vldistill.training.cache.shards import RowStore, Shard, decode, encode, write_shard
@@ -160,7 +160,7 @@ class TeacherCache:
                         "run `vldistill cache build` with this config",
                     )
             arrays = rows.gather(keys, self.folder, what)
-            for name, value in decode(arrays, device).items():
+            for name, value in decode(arrays, device, DISTRIBUTION_FIELDS).items():
                 teacher, field = name.split("/", 1)
                 value = value.reshape(*lead, *value.shape[1:])
                 if store == "images" and field == "image_grid":
