@@ -1,9 +1,10 @@
 """Peak memory of reading a teacher cache larger than RAM, memory-mapped.
 
-Builds a synthetic teacher cache with the real writer (``TeacherCache.write_shard`` + ``publish``):
-CLIP-B/16-sized targets per example (196 image tokens x 768 and 32 words x 512, plus the two
-512-wide embeddings; about 328 KiB in float16), 64 examples per shard as ``ensure_cache`` writes them
-at the default ``eval_batch_size``. Then it evicts the shards from the page cache, opens the cache
+Builds a synthetic teacher cache with the real builder (``ensure_cache`` with a method that has only
+``targets_for``: its per-example targets are split into image, text and example rows): CLIP-B/16-sized
+targets per example (196 image tokens x 768 and 32 words x 512, plus the two 512-wide embeddings; about
+330 KiB with the tokens in float16), each example with its own image file (a few bytes: rows are keyed
+by the file's hash) and its own text, 64 rows per shard. Then it evicts the shards from the page cache, opens the cache
 with ``TeacherCache`` and reads it in random batches through ``lookup`` while a thread samples this
 process's memory (``/proc/self/status``) every 0.5 s and once after every batch.
 
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 
 from vldistill.data.examples import TaskExample
-from vldistill.training.cache import TeacherCache
+from vldistill.training.cache import TeacherCache, ensure_cache, storage_of
+from vldistill.training.cache.shards import encode
 
 # teacher -> field -> shape of one example's row (what ``unimodal_targets`` stores for a VQA example).
 FIELDS: dict[str, dict[str, tuple[int, ...]]] = {
@@ -116,9 +118,27 @@ def uid_of(index: int) -> str:
     return f"synthetic-{index:09d}"
 
 
-def example_of(index: int) -> TaskExample:
-    """A VQA example that only the cache's uid lookup will ever look at."""
-    return TaskExample(uid=uid_of(index), task="vqa", images=(), texts=())
+def example_of(index: int, images: Path) -> TaskExample:
+    """A VQA example with its own image file in ``images`` (see :func:`write_images`) and its own text."""
+    return TaskExample(uid=uid_of(index), task="vqa", images=(images / uid_of(index),), texts=(f"text {index}",))
+
+
+def write_images(images: Path, n_examples: int) -> None:
+    """One small distinct file per example: the cache keys image rows by the file's bytes."""
+    images.mkdir(parents=True, exist_ok=True)
+    for i in range(n_examples):
+        (images / uid_of(i)).write_bytes(uid_of(i).encode())
+
+
+class SyntheticMethod:
+    """A method with ``targets_for`` only: the rows of ``SyntheticRows`` for consecutive examples."""
+
+    def __init__(self, rows: SyntheticRows) -> None:
+        self.rows = rows
+
+    def targets_for(self, examples: list[TaskExample], images: list) -> dict[str, dict[str, torch.Tensor]]:
+        first = int(examples[0].uid.rsplit("-", 1)[1])
+        return self.rows.fill(first, len(examples))
 
 
 class SyntheticRows:
@@ -155,7 +175,14 @@ class SyntheticRows:
 
     @property
     def bytes_per_example(self) -> int:
-        return sum(p[0].numel() * p.element_size() for fs in self.pool.values() for p in fs.values())
+        """Bytes stored per example (one image row and one text row): float16 tokens, float32 vectors."""
+        storage = "float16" if self.dtype == torch.float16 else "float32"
+        return sum(
+            t.numel() * t.element_size()
+            for fs in self.pool.values()
+            for p in fs.values()
+            for t in encode("x", p[:1].flatten(0, 1), storage).values()
+        )
 
     @staticmethod
     def stamp(indices: torch.Tensor) -> torch.Tensor:
@@ -197,19 +224,25 @@ def check_disk(folder: Path, size_bytes: int) -> None:
 
 
 def write_cache(folder: Path, n_examples: int, rows: SyntheticRows, fp16: bool) -> dict[str, Any]:
-    """Write ``n_examples`` synthetic rows as shards with the real writer, publish, and time it."""
-    cache = TeacherCache(folder, fp16)
+    """Write ``n_examples`` synthetic examples with the real builder (``ensure_cache``), and time it."""
+    images = folder / "images"
+    write_images(images, n_examples)
+    examples = [example_of(j, images) for j in range(n_examples)]
     start = time.perf_counter()
-    shards = math.ceil(n_examples / rows.rows_per_shard)
-    for i in range(shards):
-        first = i * rows.rows_per_shard
-        count = min(rows.rows_per_shard, n_examples - first)
-        examples = [example_of(j) for j in range(first, first + count)]
-        cache.write_shard(f"shard-synthetic-r0-{i:06d}.safetensors", examples, rows.fill(first, count))
+    ensure_cache(
+        folder,
+        SyntheticMethod(rows),
+        examples,
+        fp16=fp16,
+        key_parts={"synthetic": True, "examples": n_examples, "storage": storage_of(fp16)},
+        batch_size=rows.rows_per_shard,
+        shard_size=rows.rows_per_shard,
+        store=lambda path: None,  # the synthetic method never looks at pixels
+    )
     write_s = time.perf_counter() - start
-    cache.publish({"synthetic": True, "examples": n_examples})
     os.sync()  # the read must not find dirty pages still on their way to the disk
     sync_s = time.perf_counter() - start - write_s
+    shards = len(list(folder.glob("shard-*.safetensors")))
     on_disk = sum(p.stat().st_size for p in folder.glob("shard-*.safetensors"))
     return {
         "shards": shards,
@@ -260,7 +293,7 @@ def read_cache(
     start = time.perf_counter()
     for b in range(batches):
         indices = order[b * batch_size : (b + 1) * batch_size].tolist()
-        batch = [example_of(i) for i in indices]
+        batch = [example_of(i, folder / "images") for i in indices]
         t0 = time.perf_counter()
         out = cache.lookup(batch)
         lookup_s += time.perf_counter() - t0

@@ -33,7 +33,9 @@ class CountingTeacher:
 
 
 def test_concurrent_builds_of_one_cache_compute_each_row_once(tmp_path: Path) -> None:
-    examples = [TaskExample(str(i), "vqa", (Path(f"{i}.png"),), ("q",)) for i in range(12)]
+    for i in range(12):  # rows are keyed by the image files' bytes: the files must exist
+        (tmp_path / f"{i}.png").write_bytes(f"image {i}".encode())
+    examples = [TaskExample(str(i), "vqa", (tmp_path / f"{i}.png",), ("q",)) for i in range(12)]
     teacher = CountingTeacher()
     caches = []
 

@@ -102,14 +102,22 @@ class TrainConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """Teacher-output cache: safetensors shards, memory-mapped, keyed by teacher and data fingerprints."""
+    """Teacher-output cache: safetensors shards, memory-mapped, keyed by teacher and data fingerprints.
+
+    ``fp16`` stores token features and attention maps in float16 (the real-size presets), ``int8`` in
+    int8 with a scale per token (half of float16's bytes; wins over ``fp16``); embeddings, logits and
+    candidate scores stay float32 (``vldistill.training.cache.shards``). ``shard_size``: rows per shard.
+    """
 
     enabled: bool = False
     """Compute the teachers' targets once (``vldistill cache build``, or when training starts), not at each step."""
     dir: str | None = None
     """Where caches are kept (default: ``teachers/`` under the cache folder, ``$VLDISTILL_CACHE``)."""
     fp16: bool = False
-    """Store floating-point targets as float16 (half the size; part of the cache key)."""
+    """Store token features and attention maps as float16 (half the size; part of the cache key)."""
+    int8: bool = False
+    """Store token features and attention maps as int8 with one absmax scale per token (a quarter of
+    float32's bytes; wins over ``fp16``; part of the cache key)."""
     shard_size: int = Field(1024, ge=1)
     """Examples per safetensors shard."""
 

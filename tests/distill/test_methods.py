@@ -116,14 +116,18 @@ def test_fp16_cache_is_close(tmp_path):
 def test_cache_hit_miss_and_staleness(tmp_path, monkeypatch):
     cfg = parse_config(tiny_tree(**CASES["clip_td"], cache={"enabled": True, "dir": str(tmp_path)}), "test")
     data, built, _, _ = _first_batch(cfg)
-    calls = []
-    real = built.method.targets_for
-    monkeypatch.setattr(built.method, "targets_for", lambda ex, im: calls.append(len(ex)) or real(ex, im))
+    # The cache computes each example's pair part (example_targets) and each distinct image once.
+    calls, images = [], []
+    real, real_images = built.method.example_targets, built.method.image_targets
+    monkeypatch.setattr(built.method, "example_targets", lambda ex, im, e: calls.append(len(ex)) or real(ex, im, e))
+    monkeypatch.setattr(built.method, "image_targets", lambda t, im: images.append(len(im)) or real_images(t, im))
     first = open_teacher_cache(cfg, data, built.method)  # miss: computes every row
     assert sum(calls) == len(data.train)
+    assert sum(images) == len({p for ex in data.train for p in ex.images})
     calls.clear()
+    images.clear()
     again = open_teacher_cache(cfg, data, built.method)  # hit: computes nothing
-    assert calls == [] and again.folder == first.folder and len(again.rows) == len(data.train)
+    assert calls == images == [] and again.folder == first.folder and len(again.rows) == len(data.train)
     # more examples of the same split: only the missing rows are computed
     bigger = load_data(parse_config(tiny_tree(**CASES["clip_td"], data={"max_train": 30}), "t").data)
     open_teacher_cache(cfg, bigger, built.method)

@@ -26,7 +26,7 @@ from vldistill.data.examples import TASK_KINDS, TaskExample
 from vldistill.data.loader import Batch, ImageStore
 from vldistill.distill.config import MethodConfig
 from vldistill.distill.losses import logit_kd
-from vldistill.distill.targets import teacher_targets
+from vldistill.distill.targets import TargetParts, image_part, pair_part, target_parts, teacher_targets, text_part
 from vldistill.errors import ConfigError
 from vldistill.models.outputs import StudentOutput
 
@@ -91,6 +91,49 @@ class Method(nn.Module):
             )
             for name, t in self._teachers.items()
         }
+
+    def target_parts(self) -> dict[str, TargetParts]:
+        """Which parts of each teacher's targets are per image, per text, per example (the cache's layout)."""
+        return {n: target_parts(t, candidates=self.needs_candidates(n)) for n, t in self._teachers.items()}
+
+    def image_targets(self, task: str, images: Sequence[Image.Image]) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-image targets of ``N`` decoded images: teacher -> field -> ``(N, ...)`` (teachers with images)."""
+        parts = self.target_parts()
+        max_words = self.cfg.max_words
+        return {
+            n: image_part(t, task, images, max_words=max_words) for n, t in self._teachers.items() if parts[n].image
+        }
+
+    def text_targets(self, task: str, texts: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-text targets of ``N`` texts: teacher -> field -> ``(N, ...)`` (teachers with texts)."""
+        parts = self.target_parts()
+        max_words = self.cfg.max_words
+        return {n: text_part(t, task, texts, max_words=max_words) for n, t in self._teachers.items() if parts[n].text}
+
+    def example_targets(
+        self,
+        examples: Sequence[TaskExample],
+        images: Sequence[Sequence[Image.Image]] | None,
+        image_embeds: Mapping[str, torch.Tensor],
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-example targets: teacher -> field -> ``(B, ...)`` (``{}`` for a teacher without any).
+
+        ``images``: decoded images, needed when a teacher's ``pair`` part is ``"live"`` (else None);
+        ``image_embeds``: teacher -> ``(B, I, E)`` stored image embeddings, for ``"candidates"``.
+        """
+        out = {}
+        for name, parts in self.target_parts().items():
+            out[name] = pair_part(
+                self._teachers[name],
+                parts,
+                examples,
+                images,
+                image_embeds.get(name),
+                max_words=self.cfg.max_words,
+                max_candidates=self.cfg.max_candidates,
+                candidates=self.needs_candidates(name),
+            )
+        return out
 
     def cache_settings(self) -> dict[str, Any]:
         """Everything besides teachers and data that changes the targets (part of the cache key)."""

@@ -170,12 +170,42 @@ class CLIPTeacher(Teacher):
         """``candidate_logits`` ``(B, K)`` and ``candidate_mask`` ``(B, K)`` alone (image tower and
         candidate texts only; ``K = 0`` when no example has candidates)."""
         inputs = self.processor(examples, images).to(self.device)
+        if not any(ex.candidates for ex in examples):
+            empty = torch.zeros(len(examples), 0, device=self.device)
+            return empty, empty.bool()
+        _, embeds, _ = self._image_features(inputs.pixel_values)
+        return self.candidate_scores(examples, embeds.view(inputs.batch_size, inputs.n_images, -1))
+
+    @torch.no_grad()
+    def candidate_scores(
+        self, examples: Sequence[TaskExample], image_embeds: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``candidate_logits`` and ``candidate_mask`` ``(B, K)`` from the examples' image embeddings.
+
+        ``image_embeds`` ``(B, I, E)`` are the unit-norm ``image_embeds`` of each example's images (as
+        :meth:`forward` returns them, or as the teacher cache stores them per image): only the candidate
+        texts go through the text tower. The scores are those of :meth:`forward` (same pooling of
+        several images, same scale).
+        """
         texts = self.tokenize_candidates(examples)
         if texts is None:
             empty = torch.zeros(len(examples), 0, device=self.device)
             return empty, empty.bool()
-        _, embeds, _ = self._image_features(inputs.pixel_values)
-        return self._score(self._example_image_embeds(embeds, inputs), texts.to(self.device))
+        pooled = F.normalize(image_embeds.to(self.device).mean(dim=1), dim=-1)
+        return self._score(pooled, texts.to(self.device))
+
+    def token_projections(self) -> dict[str, tuple[str, torch.nn.Linear]]:
+        """Target fields that are a projection of another: ``field -> (source field, linear map)``.
+
+        ``image_token_embeds = normalize(visual_projection(image_tokens))`` exactly as :meth:`forward`
+        computes it; ``text_word_embeds = normalize(text_projection(text_words))`` equals the pooled
+        projected tokens of ``unimodal_targets`` because word pooling is a mean and the projection is
+        linear (equal up to float rounding). The teacher cache stores the sources only and derives these.
+        """
+        return {
+            "image_token_embeds": ("image_tokens", self.model.visual_projection),
+            "text_word_embeds": ("text_words", self.model.text_projection),
+        }
 
     def _text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-layer tokens ``(N, L, D)`` and unit-norm projected embeddings ``(N, E)``."""
