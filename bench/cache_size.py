@@ -27,6 +27,7 @@ slots, so its sizes do not depend on the tokenizer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -45,51 +46,21 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from vldistill.config import parse_config
 from vldistill.data.loader import ExampleDataset, collate_fn
+from vldistill.data.split_sizes import PUBLISHED_TRAIN_SPLITS
 from vldistill.distill.methods import build_method
 from vldistill.models.processing import DEFAULT_MEAN, DEFAULT_STD, Processor
 from vldistill.models.students import build_student, student_processor
 from vldistill.models.teachers import CLIPTeacher, FusionTeacher, TextTeacher, VisionTeacher, build_teacher
 from vldistill.models.teachers.text import TEXT_TEACHER_IMAGE_SIZE, minilm_tokenizer
-from vldistill.training.cache import META, TeacherCache, open_teacher_cache
+from vldistill.training.cache import TeacherCache, open_teacher_cache
 from vldistill.training.cache.shards import Shard, encode, write_shard
+from vldistill.training.cache.size import projected_bytes, store_sizes
 from vldistill.training.cache.teacher_cache import STORES
 from vldistill.training.experiment import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9
-# Published training splits: images, texts (distinct texts; an upper bound where the split repeats
-# texts), examples (what the cache stores per example), and where each number comes from.
-SPLITS: dict[str, dict[str, Any]] = {
-    "vqa": {
-        "images": 82_783,
-        "texts": 443_757,
-        "examples": 443_757,
-        "source": "VQA v2 train2014: 443,757 questions on 82,783 images (visualqa.org/download.html, as quoted by "
-        "the HuggingFaceM4/VQAv2 dataset card); texts: every question counted once (upper bound: questions repeat)",
-    },
-    "snli_ve": {
-        "images": 29_783,
-        "texts": 529_527,
-        "examples": 529_527,
-        "source": "SNLI-VE train: 29,783 Flickr30k images, 176,932 + 176,045 + 176,550 = 529,527 pairs "
-        "(github.com/necla-ml/SNLI-VE README); texts: every hypothesis counted once (upper bound)",
-    },
-    "vcr": {
-        "images": 80_000,
-        "texts": 8 * 212_923,
-        "examples": 2 * 212_923,
-        "source": "VCR train: 212,923 questions (Zellers et al. 2019, arXiv 1811.10830), each two examples "
-        "(Q->A, QA->R) of 4 texts each; images ~80,000 (the issue's figure, not verified here: the paper's "
-        "abstract gives 110k movie scenes over all splits)",
-    },
-    "nlvr2": {
-        "images": 103_170,
-        "texts": 86_373,
-        "examples": 86_373,
-        "source": "NLVR2 train: 86,373 examples (TIGER-Lab/Mantis-Instruct dataset card; 107,292 over all "
-        "splits, lil.nlp.cornell.edu/nlvr); images ~103,170 (the issue's figure, not verified here)",
-    },
-}
+SPLITS = PUBLISHED_TRAIN_SPLITS  # images, texts, examples of each task's training split, with sources
 STORAGES = ("float32", "float16", "int8")
 TINY_STUDENT = {"hidden_size": 64, "num_layers": 1, "num_heads": 2, "intermediate_size": 128}
 # DiDE compares attention maps head by head on the teacher's grid: ViLT-B/32's 12 heads, 384 px, patch 32.
@@ -172,18 +143,6 @@ def transcode(source: Path, target: Path, storage: str) -> None:
             shutil.copyfile(path, target / path.name)
 
 
-def store_bytes(folder: Path) -> dict[str, dict[str, float]]:
-    """Per store: rows, bytes on disk (shard files whole), bytes per row."""
-    meta = json.loads((folder / META).read_text())
-    out = {}
-    for store in STORES:
-        names = meta["shards"][store]
-        rows = sum(len(Shard(folder / n).keys) for n in names)
-        size = sum((folder / n).stat().st_size for n in names)
-        out[store] = {"rows": rows, "bytes": size, "bytes_per_row": round(size / rows, 1) if rows else 0.0}
-    return out
-
-
 def _stored_only(cache: TeacherCache, examples: Any) -> Any:
     """A lookup that skips the derived fields (CLIP's joint-space tokens): what deriving them costs."""
     derived, cache.derived = cache.derived, {}
@@ -254,11 +213,9 @@ def measure(name: str, n: int, work: Path, teachers_memo: dict[tuple, Any], repe
     split = SPLITS[task]
     options = {}
     for storage, cache in caches.items():
-        sizes = store_bytes(cache.folder)
-        memo = (cache.folder / "image-hashes.json").stat().st_size / max(1, sizes["images"]["rows"])
-        per = {s: sizes[s]["bytes_per_row"] for s in STORES}
-        total = per["images"] * split["images"] + per["texts"] * split["texts"] + per["examples"] * split["examples"]
-        total += memo * split["images"] + sum(p.stat().st_size for p in cache.folder.glob("derived.safetensors"))
+        sizes = store_sizes(cache)
+        per = {s: round(sizes[s]["bytes_per_row"], 1) for s in STORES}
+        total = projected_bytes(cache, split)  # per row x distinct images / texts / examples, + memo, maps
         with torch.no_grad():
             got = {k: float(v) for k, v in losses(cache.lookup(batch.examples)).items()}
         errors = {k: abs(got[k] - v) / abs(v) if v else abs(got[k]) for k, v in reference.items()}
@@ -286,7 +243,7 @@ def measure(name: str, n: int, work: Path, teachers_memo: dict[tuple, Any], repe
         "storage": default,
         "task": task,
         "teachers": {t: f"{s.kind} {s.pretrained}" for t, s in cfg.method.teachers.items()},
-        "split": split,
+        "split": dataclasses.asdict(split),
         "examples_measured": len(data.train),
         "batch": n,
         "build_seconds": round(build_s, 1),

@@ -51,7 +51,7 @@ def test_measure_gives_sizes_projection_and_loss_errors_per_storage(bench, tmp_p
     assert f32["bytes_per_image"] > f16["bytes_per_image"] > i8["bytes_per_image"]
     assert f32["bytes_per_example"] == f16["bytes_per_example"]  # candidate scores stay float32
     split = bench.SPLITS["vqa"]
-    rows = sum(f16[f"bytes_per_{k}"] * split[f"{k}s"] for k in ("image", "text", "example"))
+    rows = sum(f16[f"bytes_per_{k}"] * getattr(split, f"{k}s") for k in ("image", "text", "example"))
     assert rows / 1e9 <= f16["projected_gb"] <= rows / 1e9 + 0.1  # plus the image-hash index and derived maps
     assert f32["max_relative_loss_error"] == 0.0 and f16["max_relative_loss_error"] <= 1e-3
     assert set(f32["loss_terms"]) == {"feature/clip/image", "feature/clip/text"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import sys
 from pathlib import Path
 
@@ -18,11 +17,9 @@ from tiny_configs import tiny_tree
 
 from vldistill.cli import main
 from vldistill.config import parse_config
+from vldistill.data.split_sizes import PUBLISHED_TRAIN_SPLITS, count_split
 from vldistill.training.cost import (
     LIVE_OVER_CACHED,
-    PUBLISHED_TRAIN_SPLITS,
-    SplitSize,
-    cache_size_bytes,
     human_bytes,
     human_seconds,
     make_cost_plan,
@@ -31,18 +28,6 @@ from vldistill.training.cost import (
 from vldistill.training.timing import PeakMemory
 
 MAD = ("vision", "text")
-
-
-def test_cache_size_counts_each_tensor_in_its_storage_dtype() -> None:
-    targets = {
-        "clip": {"image_tokens": torch.zeros(2, 196, 768), "image_grid": torch.zeros(2, 2, dtype=torch.int64)},
-        "text": {"text_mask": torch.zeros(2, 32, dtype=torch.bool)},
-    }
-    split = SplitSize(1_000, 10, "test")
-    # fp16: 196 x 768 x 2 bytes; int64 grid 2 x 8; bool mask 32 x 1 (per example)
-    assert cache_size_bytes(targets, 2, split, fp16=True) == (301_056 + 16 + 32, 301_104_000)
-    # float32 kept: 196 x 768 x 4
-    assert cache_size_bytes(targets, 2, split, fp16=False) == (602_112 + 16 + 32, 602_160_000)
 
 
 def test_recommendation_rules() -> None:
@@ -93,7 +78,7 @@ def mad_plan():
 
 def test_cost_plan_of_a_tiny_mad_run(mad_plan) -> None:
     cfg, plan = mad_plan
-    assert plan.split.examples == 24 and plan.split.images is not None and plan.split.images > 0
+    assert plan.split.examples == 24 and 0 < plan.split.images <= 24 and 0 < plan.split.texts <= 24
     assert [m["role"] for m in plan.models] == ["student", "projections", "teacher", "teacher"]
     assert all(m["weight_bytes"] >= 4 * m["parameters"] > 0 for m in plan.models)
     assert set(plan.step_seconds) == set(plan.peak_memory) == {"live", "cache"}
@@ -109,24 +94,24 @@ def test_cost_plan_of_a_tiny_mad_run(mad_plan) -> None:
 
 
 def test_cache_size_is_what_the_cache_writes(mad_plan, tmp_path: Path) -> None:
-    """The formula against the tensor bytes of the shards the teacher cache writes for the same examples.
-
-    Pins today's layout (one row per example, every field): when the cache stores each image's and
-    text's targets once, this fails, and ``cache_size_bytes`` is the function to change.
-    """
+    """The projection against the bytes on disk of a cache built for the whole (tiny) split: each image's
+    and each text's rows once, per-example rows, the digest memo and the derived maps; and the plan's
+    figure, projected from the timed examples only, the same (rows are fixed-shape)."""
     from vldistill.training.cache import open_teacher_cache
+    from vldistill.training.cache.size import projected_bytes, store_sizes
     from vldistill.training.experiment import build_models, load_data
 
     cfg, plan = mad_plan
     cfg = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"dir": str(tmp_path), "enabled": True})})
     data = load_data(cfg.data, verbose=False)
-    open_teacher_cache(cfg, data, build_models(cfg, data).method)
-    payload = 0
-    for shard in tmp_path.rglob("shard-*.safetensors"):
-        with shard.open("rb") as f:
-            (header,) = struct.unpack("<Q", f.read(8))
-        payload += shard.stat().st_size - 8 - header
-    assert payload == plan.cache_bytes
+    cache = open_teacher_cache(cfg, data, build_models(cfg, data).method)
+    split = count_split(data.train, "vqa train2014 at world, as configured")
+    sizes = store_sizes(cache)
+    assert (sizes["images"]["rows"], sizes["texts"]["rows"]) == (split.images, split.texts)
+    assert split.texts < split.examples  # questions asked of several images: each stored once
+    on_disk = sum(p.stat().st_size for p in cache.folder.iterdir() if p.name != "meta.json" and p.is_file())
+    assert projected_bytes(cache, split) == on_disk
+    assert plan.split == split and plan.cache_bytes == pytest.approx(on_disk, rel=0.02)  # shard headers vary
 
 
 def test_without_data_the_published_split_size_is_used(tmp_path: Path) -> None:
@@ -156,7 +141,7 @@ def test_plan_cost_command(mad_plan, tmp_path: Path, monkeypatch, capsys) -> Non
     out = capsys.readouterr().out
     for line in (
         "cost plan (vqa, batch 8, 1 timed steps per case",
-        "training split 24 examples on ",
+        "training split 24 examples, ",
         "run 3 batches per epoch, 3 passes over the split",
         f"recommendation {'use the teacher cache' if plan.recommendation == 'cache' else 'run the teachers live'}: "
         + plan.reason[:40],

@@ -15,7 +15,8 @@ The split's size is the configured training split as read (after ``max_train``, 
 the low-shot subset). When ``data.root`` is not there, the steps are timed on the generated world's
 examples of the same task (each image resized to the models' sizes, as a real one would be), and the
 split's size is the published size of the task's official training split
-(:data:`PUBLISHED_TRAIN_SPLITS`), so a real-size preset can be costed before its data is downloaded.
+(:data:`vldistill.data.split_sizes.PUBLISHED_TRAIN_SPLITS`), so a real-size preset can be costed before
+its data is downloaded.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vldistill.config import DataConfig, ExperimentConfig, cache_dir
+from vldistill.data.split_sizes import PUBLISHED_TRAIN_SPLITS, SplitSize, count_split
 from vldistill.errors import ConfigError
-from vldistill.training.cache import open_teacher_cache
+from vldistill.training.cache import TeacherCache, open_teacher_cache
+from vldistill.training.cache.size import projected_bytes
 from vldistill.training.experiment import DataBundle, build_models, load_data
 from vldistill.training.timing import PeakMemory, StepRunner, fixed_batches, interleaved_times, timing_accelerator
 
@@ -44,70 +47,17 @@ LIVE_OVER_CACHED = 1.2
 below it the saving is within what a few timed steps can tell apart, and not worth the disk."""
 
 
-@dataclass(frozen=True)
-class SplitSize:
-    """A training split's size: ``examples`` (one teacher-cache row each), ``images`` (distinct; ``None``:
-    not known), and where the numbers come from."""
+def cache_size_bytes(cache: TeacherCache, split: SplitSize) -> tuple[float, int]:
+    """``(bytes per example, bytes for the whole split)`` of the teacher cache on disk.
 
-    examples: int
-    images: int | None
-    source: str
-
-
-PUBLISHED_TRAIN_SPLITS: dict[str, SplitSize] = {
-    "vqa": SplitSize(
-        443_757,
-        82_783,
-        "VQA v2 train2014, published size: 443,757 questions on 82,783 COCO images "
-        "(visualqa.org/download.html; Goyal et al., CVPR 2017)",
-    ),
-    "snli_ve": SplitSize(
-        529_527,
-        29_783,
-        "SNLI-VE train, published size: 529,527 pairs (176,932 + 176,045 + 176,550 by label) on 29,783 "
-        "Flickr30K images (github.com/necla-ml/SNLI-VE README; Xie et al., arXiv 1811.10582)",
-    ),
-    "nlvr2": SplitSize(
-        86_373,
-        None,
-        "NLVR2 train, published size: 86,373 sentence-image-pair examples (github.com/lil-lab/nlvr; "
-        "Suhr et al., ACL 2019)",
-    ),
-    "vcr": SplitSize(
-        2 * 212_923,
-        None,
-        "VCR train, published size: 212,923 questions, two examples each here (Q->A, QA->R) "
-        "(visualcommonsense.com; Zellers et al., CVPR 2019)",
-    ),
-}
-
-
-def cache_size_bytes(
-    targets: Mapping[str, Mapping[str, torch.Tensor]], batch_examples: int, split: SplitSize, fp16: bool
-) -> tuple[float, int]:
-    """``(bytes per example, bytes for the whole split)`` of the teacher cache, from one batch's targets.
-
-    ``targets`` are the teachers' targets of ``batch_examples`` examples (teacher -> field -> tensor with
-    the examples on dim 0), as ``Method.targets`` returns them. Each tensor is counted in its storage
-    dtype: floating tensors as float16 when ``fp16`` (``cache.fp16``), everything else as it is, which is
-    how ``TeacherCache.write_shard`` stores them; shard headers and ``meta.json`` (a few KiB per shard of
-    ``cache.shard_size`` rows) are left out.
-
-    The cache today holds one row per example with every field, so the split takes
-    ``per example x split.examples``. This is the one function to change when the cache stores each
-    image's and each text's targets once: count the image fields' bytes times ``split.images`` and the
-    text fields' times the distinct texts.
-
-    Example: ``{"clip": {"image_tokens": float32 (2, 196, 768)}}``, 2 examples, fp16 -> 196 x 768 x 2 =
-    301,056 bytes per example; 1,000 examples -> 301,056,000 bytes.
+    ``cache`` holds the rows of some examples of the split (the plan builds one over the timed
+    examples); each of its stores' bytes per row is projected to the split's distinct images, distinct
+    texts and examples (:func:`vldistill.training.cache.size.projected_bytes`), so an image shared by
+    several questions is counted once, as the cache stores it. Per example: the total over
+    ``split.examples``.
     """
-    total = 0
-    for fields in targets.values():
-        for value in fields.values():
-            itemsize = 2 if fp16 and value.is_floating_point() else value.element_size()
-            total += value.numel() * itemsize
-    per_example = total / batch_examples
-    return per_example, round(per_example * split.examples)
+    total = projected_bytes(cache, split)
+    return total / split.examples, total
 
 
 def recommend(live_s: float, cached_s: float, cache_bytes: int, free_bytes: int, passes: float) -> tuple[str, str]:
@@ -214,10 +164,9 @@ def _timing_data(cfg: ExperimentConfig, examples_needed: int) -> tuple[DataBundl
     data_cfg = cfg.data
     if _is_present(data_cfg.root):
         data = load_data(data_cfg, verbose=False)
-        images = len({str(p) for ex in data.train for p in ex.images})
         split = data_cfg.splits()[0]
-        source = f"{data_cfg.task} {split} at {data_cfg.root}, as configured"
-        return data, SplitSize(len(data.train), images, source), f"{data_cfg.task} {split} at {data_cfg.root}"
+        size = count_split(data.train, f"{data_cfg.task} {split} at {data_cfg.root}, as configured")
+        return data, size, f"{data_cfg.task} {split} at {data_cfg.root}"
     published = PUBLISHED_TRAIN_SPLITS[data_cfg.task]
     if data_cfg.max_train or data_cfg.fraction or data_cfg.per_group or data_cfg.manifest:
         published = dataclasses.replace(
@@ -302,11 +251,7 @@ def make_cost_plan(cfg: ExperimentConfig, *, steps: int = 3, warmup: int = 1, ba
             scratch = cfg.model_copy(update={"cache": cfg.cache.model_copy(update={"dir": tmp, "enabled": True})})
             cache = open_teacher_cache(scratch, dataclasses.replace(data, train=examples), built.method)
             cases = {"live": runner.stepper(timed), "cache": runner.stepper(timed, cache)}
-            with torch.no_grad():
-                targets = built.method.targets(timed[0])
-            plan.cache_bytes_per_example, plan.cache_bytes = cache_size_bytes(
-                targets, len(timed[0].examples), split, cfg.cache.fp16
-            )
+            plan.cache_bytes_per_example, plan.cache_bytes = cache_size_bytes(cache, split)
         else:
             cases = {"student": runner.stepper(timed)}
         timings = interleaved_times(cases, repeats=steps, warmup=warmup, sync=sync)
@@ -344,8 +289,10 @@ def render_cost_plan(plan: CostPlan, console: Console) -> None:
     for m in plan.models:
         models.add_row(m["role"], m["name"], f"{m['parameters']:,}", human_bytes(m["weight_bytes"]))
     console.print(models)
-    images = f" on {plan.split.images:,} images" if plan.split.images else ""
-    console.print(f"[bold]training split[/bold] {plan.split.examples:,} examples{images} ({plan.split.source})")
+    console.print(
+        f"[bold]training split[/bold] {plan.split.examples:,} examples, {plan.split.images:,} images, "
+        f"{plan.split.texts:,} texts ({plan.split.source})"
+    )
     console.print(
         f"[bold]run[/bold] {plan.batches_per_epoch:,} batches per epoch, {plan.passes:.3g} passes over the split"
     )
