@@ -204,3 +204,27 @@ def test_the_cache_key_follows_the_files_and_keeps_official_digests(caption_worl
     stat = (vilt_root / "vqav2_val.arrow").stat()
     os.utime(vilt_root / "vqav2_val.arrow", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     assert split_digest("vqa", vilt_root, "val2014") != digest
+
+
+def test_the_teacher_cache_keys_a_stored_image_by_its_bytes_and_trains_from_it(
+    caption_world: Path, vilt_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A cell of the Arrow file and the official file with the same bytes are one image to the cache; a
+    cached CLIP-TD run on the ViLT layout builds its cache, then trains reading it (found, not rebuilt)."""
+    from vldistill.training.cache import ContentKeys
+
+    official = {r.question_id: r for r in read_task("vqa", caption_world / "base" / "vqa", "val2014")}
+    keys = ContentKeys(tmp_path)
+    for v in read_task("vqa", vilt_root, "val2014")[:3]:
+        assert isinstance(v.image_path, StoredImage)
+        assert keys.image(v.image_path) == keys.image(official[v.question_id].image_path)
+    cache = {"enabled": True, "dir": str(tmp_path / "cache")}
+    tree = tiny_tree("vqa", "clip_td", ("clip",), data={"root": str(vilt_root), "max_train": 8, "max_eval": 4})
+    config = tmp_path / "vilt-cached.yaml"
+    config.write_text(yaml.safe_dump({**tree, "cache": cache}))
+    assert run_cli(monkeypatch, "cache", "build", str(config)) == 0
+    shards = sorted(p.name for p in (tmp_path / "cache").rglob("shard-*.safetensors"))
+    assert any(name.startswith("shard-img-") for name in shards)
+    assert run_cli(monkeypatch, "train", str(config), "--out", str(tmp_path / "run"), "--no-progress") == 0
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("shard-*.safetensors")) == shards
+    assert "(VQA v2, ViLT's Arrow layout)" in (tmp_path / "run" / "final" / "README.md").read_text()  # the card

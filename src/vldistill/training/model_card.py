@@ -81,6 +81,24 @@ def _source(pretrained: str | None, fallback: str) -> str:
     return f"`{pretrained}`" if pretrained else fallback
 
 
+_LAYOUT_NAMES = {
+    "official": "official file format",
+    "vilt_arrow": "ViLT's Arrow layout",
+    "hf_datasets": "Hugging Face datasets split",
+}
+
+
+def _layout_name(d: Any) -> str:
+    """How the training split's files are laid out (``data.format``, or what ``auto`` finds there)."""
+    from vldistill.data.readers.layout import resolve_format
+
+    try:
+        fmt = resolve_format(d.task, Path(d.root).expanduser(), d.splits()[0], d.layout())
+    except Exception:  # noqa: BLE001  (the card is written after training: a moved root must not fail it)
+        fmt = d.format
+    return _LAYOUT_NAMES.get(fmt, f"data.format {fmt}")
+
+
 def _data_lines(cfg: ExperimentConfig, summary: Mapping[str, Any], manifest: Mapping[str, Any] | None) -> list[str]:
     d = cfg.data
     train_split, eval_split = d.splits()
@@ -88,7 +106,7 @@ def _data_lines(cfg: ExperimentConfig, summary: Mapping[str, Any], manifest: Map
         f"the generated world (`vldistill data generate`; style {d.style}, scale {d.world_scale:g}, "
         f"seed {d.world_seed}), in {DATASETS[d.task]}'s official file format"
         if d.root == "world"
-        else f"`{d.root}` ({DATASETS[d.task]}, official file format)"
+        else f"`{d.root}` ({DATASETS[d.task]}, {_layout_name(d)})"
     )
     lines = [f"- Dataset: {root}.", f"- Training split `{train_split}`: {summary['train_examples']} examples."]
     if manifest is not None:

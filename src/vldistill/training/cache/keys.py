@@ -8,7 +8,9 @@ images' keys, texts and candidates: a changed image file or text gives new keys,
 Hashing every image of a split at each start would read it all (13 GB for COCO train2014), so the
 digest of each file is remembered with its ``(size, mtime_ns, ctime_ns, inode)`` in
 ``image-hashes.json`` in the cache folder and reused while they are unchanged (the check ``git`` and
-``make`` rely on; ``ctime`` cannot be set back by a user).
+``make`` rely on; ``ctime`` cannot be set back by a user). An image stored in a table (ViLT's Arrow
+files, a ``datasets`` split: :class:`~vldistill.data.images.StoredImage`) is keyed by the sha256 of its
+cell's encoded bytes, remembered for the process (one cell read per image and run).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vldistill.data.examples import TaskExample
+from vldistill.data.images import ImageRef, StoredImage, image_bytes
 from vldistill.errors import DataError
 
 HASHES = "image-hashes.json"
@@ -49,6 +52,7 @@ class ContentKeys:
     def __init__(self, folder: Path) -> None:
         self.path = folder / HASHES
         self.digests: dict[str, list] = {}
+        self.stored: dict[StoredImage, str] = {}
         self.changed = False
         if self.path.is_file():
             try:
@@ -58,12 +62,17 @@ class ContentKeys:
             if isinstance(loaded, dict):
                 self.digests = {k: v for k, v in loaded.items() if isinstance(v, list) and len(v) == 5}
 
-    def image(self, path: Path) -> str:
-        """sha256 of the file's bytes (remembered while its size, times and inode are unchanged).
+    def image(self, path: ImageRef) -> str:
+        """sha256 of the image's encoded bytes: a file's (remembered while its size, times and inode are
+        unchanged) or a table cell's (remembered for the process).
 
         Raises:
-            DataError: the file cannot be read.
+            DataError: the file or the cell cannot be read.
         """
+        if isinstance(path, StoredImage):
+            if path not in self.stored:
+                self.stored[path] = hashlib.sha256(image_bytes(path)).hexdigest()[:_KEY_HEX]
+            return self.stored[path]
         name = os.path.abspath(path)
         try:
             stat = os.stat(name)
