@@ -1,4 +1,4 @@
-"""Teacher-cache size of every real-size preset, projected to the full training split (issue 15).
+"""Teacher-cache size of every real-size preset, projected to the full training split.
 
 For each preset of ``configs/`` whose method has teachers, the teachers the preset names are built at
 their real size with random weights from their architecture's config (no hub access: sizes depend

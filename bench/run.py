@@ -114,7 +114,7 @@ REAL_SIZE = Setting(
     repeats=15,  # 5 left cache_overhead_ratio within +-10% of itself (0.92 once, 2 threads): too few to judge 1.05
     warmup=1,
     bare=False,
-    targets={"cache_overhead_ratio": ("<=", 1.05)},  # issue 15's goal at real size
+    targets={"cache_overhead_ratio": ("<=", 1.05)},  # the goal at real size: a cached step within 5% of a plain one
 )
 # A figure: (name, numerator case, denominator case, target as (comparison, bound) or None).
 FIGURES: list[tuple[str, str, str, tuple[str, float] | None]] = [

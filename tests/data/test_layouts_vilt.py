@@ -207,7 +207,7 @@ def test_the_cache_key_follows_the_files_and_keeps_official_digests(caption_worl
 
 
 def test_the_teacher_cache_keys_a_stored_image_by_its_bytes_and_trains_from_it(
-    caption_world: Path, vilt_root: Path, tmp_path: Path, monkeypatch
+    caption_world: Path, vilt_root: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """A cell of the Arrow file and the official file with the same bytes are one image to the cache; a
     cached CLIP-TD run on the ViLT layout builds its cache, then trains reading it (found, not rebuilt)."""
@@ -223,6 +223,9 @@ def test_the_teacher_cache_keys_a_stored_image_by_its_bytes_and_trains_from_it(
     config = tmp_path / "vilt-cached.yaml"
     config.write_text(yaml.safe_dump({**tree, "cache": cache}))
     assert run_cli(monkeypatch, "cache", "build", str(config)) == 0
+    assert "8 training examples, 8 computed now; it holds " in capsys.readouterr().out
+    assert run_cli(monkeypatch, "cache", "build", str(config)) == 0
+    assert "8 training examples, all found in the cache; it holds " in capsys.readouterr().out
     shards = sorted(p.name for p in (tmp_path / "cache").rglob("shard-*.safetensors"))
     assert any(name.startswith("shard-img-") for name in shards)
     assert run_cli(monkeypatch, "train", str(config), "--out", str(tmp_path / "run"), "--no-progress") == 0

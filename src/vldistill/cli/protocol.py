@@ -120,4 +120,10 @@ def cache_build(config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt
         cfg, data, built.method, rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone
     )
     if state.is_main_process:
-        console.print(f"teacher cache {cache.folder}: {len(cache.rows)} examples, {len(cache.shards)} shards")
+        n = len(data.train)
+        found = "all found in the cache" if not cache.computed else f"{cache.computed} computed now"
+        held = ", ".join(f"{len(cache.stores[s])} {s}" for s in ("images", "texts", "examples"))
+        console.print(
+            f"teacher cache {cache.folder}: {n} training examples, {found}; it holds {held} "
+            f"in {len(cache.shards)} shards"
+        )

@@ -55,14 +55,14 @@ PUBLISHED_TRAIN_SPLITS: dict[str, SplitSize] = {
         103_170,
         86_373,
         "NLVR2 train, published size: 86,373 sentence-image-pair examples (github.com/lil-lab/nlvr; Suhr et al., "
-        "ACL 2019); images ~103,170 (issue 15's figure, not verified: at most 2 per example)",
+        "ACL 2019); images ~103,170 (an estimate, not verified: at most 2 per example)",
     ),
     "vcr": SplitSize(
         2 * 212_923,
         80_000,
         8 * 212_923,
         "VCR train, published size: 212,923 questions (visualcommonsense.com; Zellers et al., CVPR 2019), two "
-        "examples each here (Q->A, QA->R) of 4 candidate texts each; images ~80,000 (issue 15's figure, not "
+        "examples each here (Q->A, QA->R) of 4 candidate texts each; images ~80,000 (an estimate, not "
         "verified: the paper gives 110k movie scenes over all splits)",
     ),
 }

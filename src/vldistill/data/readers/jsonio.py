@@ -73,11 +73,12 @@ def labels_optional(split: str) -> bool:
     return split.startswith("test")
 
 
-def require_file(path: Path, what: str, split_pattern: str | None = None) -> Path:
+def require_file(path: Path, what: str, split_pattern: str | None = None, other_layouts: bool = True) -> Path:
     """Return ``path`` if it is a file, else raise a DataError.
 
     ``split_pattern`` (e.g. ``"snli_ve_*.jsonl"``, ``*`` standing for the split) lets the fix name
-    the splits that are present instead.
+    the splits that are present instead; ``other_layouts``: the fix mentions the ViLT Arrow and
+    ``datasets`` layouts (not for VCR, read in its official layout only).
     """
     if path.is_file():
         return path
@@ -85,6 +86,8 @@ def require_file(path: Path, what: str, split_pattern: str | None = None) -> Pat
     if not folder.is_dir():
         raise DataError(folder, None, "folder does not exist", "pass the dataset root as the publisher lays it out")
     fix = "download the file and place it at this path"
+    if other_layouts:
+        fix += ", or give a root in ViLT's Arrow or a Hugging Face datasets layout (docs/data-layouts.md)"
     if split_pattern is not None:
         prefix, suffix = split_pattern.split("*")
         splits = sorted(p.name[len(prefix) : len(p.name) - len(suffix)] for p in folder.glob(split_pattern))

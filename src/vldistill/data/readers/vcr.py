@@ -81,7 +81,7 @@ def _label(fields: Fields, name: str, split: str) -> int | None:
 def _metadata(path: Path, objects: tuple[str, ...], record: str) -> tuple[tuple[VCRObjectBox, ...], int, int]:
     """Boxes, width and height from a metadata JSON; its boxes must match the record's objects."""
     try:
-        meta = load_json(require_file(path, "VCR metadata file"))
+        meta = load_json(require_file(path, "VCR metadata file", other_layouts=False))
     except DataError as err:
         raise DataError(err.file, record, err.problem, err.fix) from None
     if not isinstance(meta, dict):
@@ -162,7 +162,7 @@ def read_vcr(
     ``skip_bad`` skips defective lines instead of raising; the reasons go into ``report``.
     """
     root = Path(root).absolute()
-    path = require_file(annotations_path(root, split), f"VCR file of split '{split}'", "*.jsonl")
+    path = require_file(annotations_path(root, split), f"VCR file of split '{split}'", "*.jsonl", other_layouts=False)
     records: list[VCRRecord] = []
     cache: dict[Any, Any] = {}
     for number, raw in iter_jsonl(path):

@@ -216,6 +216,7 @@ def _ensure(
         refs = cache.refs(ex)
         if refs.example not in cache.stores["examples"]:
             unique.setdefault(refs.example, (ex, refs))
+    cache.computed = len(unique)
     if not unique:
         if rank == 0:
             cache.keys.save()  # digests computed anew (e.g. a cache copied to another disk) are kept for next time

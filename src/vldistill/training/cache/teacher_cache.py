@@ -18,7 +18,7 @@ from vldistill.training.cache.keys import ContentKeys, Refs
 from vldistill.training.cache.shards import RowStore, Shard, decode, encode, write_shard
 
 FORMAT = 2
-"""Storage format of a cache folder; part of its key. 1: one row per example (before issue 15); 2: rows
+"""Storage format of a cache folder; part of its key. 1: one row per example (vldistill before 2026-12); 2: rows
 per image, per text and per example, content-keyed, derived fields not stored."""
 META = "meta.json"
 DERIVED = "derived.safetensors"
@@ -60,6 +60,8 @@ class TeacherCache:
         self.keys = ContentKeys(folder)
         self.stores: dict[str, RowStore] = {}
         self.derived: dict[str, dict[str, tuple[str, torch.Tensor, torch.Tensor | None]]] = {}
+        self.computed = 0
+        """Example rows the last ``ensure_cache`` on this object computed (0: all were found)."""
         self.reload()
 
     @property
