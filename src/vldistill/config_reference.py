@@ -222,8 +222,11 @@ def render() -> str:
     lines = [
         "# Config reference",
         "",
-        f"Generated from the pydantic models by `{COMMAND}`; do not edit by hand. Every key of every config "
-        "file, its type, default and meaning. An unknown key or a wrong type is an error naming the key; "
+        f"Generated from the pydantic models by `{COMMAND}`; do not edit by hand. Every key of the "
+        "experiment, protocol and DiDE pre-training files, its type, default and meaning (the demo's own "
+        "`demo_clip` and `demo_student` sections are described in configs/demo.yaml and "
+        "`vldistill.demo.teachers` / `vldistill.demo.student`). An unknown key or a wrong type is an error "
+        "naming the key; "
         "`--set key.path=value` overrides any key from the command line (values parsed as YAML).",
         "",
     ]
