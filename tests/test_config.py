@@ -208,3 +208,11 @@ def test_an_unknown_preset_lists_only_the_presets_the_command_takes() -> None:
     assert "smoke" in listed and "clip_td-vqa" in listed
     assert not {"demo", "demo-quick", "protocol-paper", "dide-pretrain-demo"} & set(listed)  # protocol / pretrain files
     assert _error(lambda: preset_path("no-such-preset", ("pretrain",))).endswith("use one of: dide-pretrain-demo")
+
+
+def test_fraction_and_per_group_together_are_one_line_naming_both() -> None:
+    tree = tiny_tree(data={"fraction": 0.1, "per_group": 2})
+    assert _error(lambda: parse_config(tree, "c.yaml")).endswith(
+        "data.fraction (0.1) and data.per_group (2) are both set, but a low-shot subset is drawn by one of "
+        "them; fix: remove one"
+    )

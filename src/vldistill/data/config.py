@@ -27,7 +27,6 @@ DEFAULT_SPLITS = {
 DEFAULT_DEV_SPLITS: dict[str, str | None] = {"vqa": None, "snli_ve": "dev", "vcr": None, "nlvr2": None}
 
 
-
 class _Strict(BaseModel):
     # A string literal under a field is its description (pydantic's attribute docstrings): the meaning that
     # `vldistill config-reference` writes to docs/config.md.
@@ -126,6 +125,15 @@ class DataConfig(_Strict):
         if "A" not in text:
             raise ValueError(f"prompt {prompt!r} must contain {{answer}}")
         return prompt
+
+    @model_validator(mode="after")
+    def _one_low_shot_rule(self) -> DataConfig:
+        if self.fraction is not None and self.per_group is not None:
+            raise ConfigError(
+                f"data.fraction ({self.fraction}) and data.per_group ({self.per_group}) are both set, but a "
+                "low-shot subset is drawn by one of them; fix: remove one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _columns_are_fields(self) -> DataConfig:
