@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import bench_script
 from tiny_configs import TEACHERS, TINY_STUDENT
 
 from vldistill.training.timing import Timings, interleaved_times
@@ -18,13 +16,8 @@ from vldistill.training.timing import Timings, interleaved_times
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "run.py"
-    spec = importlib.util.spec_from_file_location("vldistill_bench_run", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with bench_script("run") as module:
+        yield module
 
 
 def test_cases_are_interleaved_in_rotating_order_after_warmup():

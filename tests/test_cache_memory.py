@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import bench_script
 from safetensors.torch import load_file
 
 from vldistill.training.cache import TeacherCache
@@ -18,13 +17,8 @@ MIB = 2**20
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "cache_memory.py"
-    spec = importlib.util.spec_from_file_location("vldistill_bench_cache_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with bench_script("cache_memory") as module:
+        yield module
 
 
 def test_stamp_is_the_index_in_base_1024(bench):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_scripts import bench_script
 from tiny_configs import TINY_TEACHER
 
 from vldistill.models.teachers import TeacherConfig, build_teacher
@@ -14,13 +11,8 @@ from vldistill.models.teachers import TeacherConfig, build_teacher
 
 @pytest.fixture(scope="module")
 def bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "cache_size.py"
-    spec = importlib.util.spec_from_file_location("vldistill_bench_cache_size", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with bench_script("cache_size") as module:
+        yield module
 
 
 def test_every_preset_with_teachers_is_measured(bench):
